@@ -1,0 +1,1 @@
+"""The conductor: claims queued actions for the nodes it owns and runs their flows."""

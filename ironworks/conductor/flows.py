@@ -1,0 +1,492 @@
+"""Flows: what a conductor does for each kind of action, one node at a time, under its lock.
+
+The API has already made the first move of a provision flow (``enroll -> verifying``,
+``available -> deploying`` ...) in the transaction that queued the action; a flow carries it on to a
+stable state. Steps run in order; a step that returns ``Wait`` moves the node to the matching wait
+state and the flow ends (lock released) until a ``resume`` action — a timer, an agent heartbeat or
+``unhold`` — continues it from the same step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+
+from ironworks import states
+from ironworks.conductor import steps as stepslib
+from ironworks.conductor.queue import ClaimedAction
+from ironworks.conductor.task import TaskContext
+from ironworks.config import Config
+from ironworks.db.engine import Database
+from ironworks.db.models import BiosSetting, FirmwareComponent, Port, utcnow
+from ironworks.drivers.base import (
+    BiosInterface,
+    BootInterface,
+    DeployInterface,
+    FirmwareInterface,
+    InspectInterface,
+    ManagementInterface,
+    PowerInterface,
+    PowerState,
+    RescueInterface,
+)
+from ironworks.drivers.registry import DriverFactory
+from ironworks.drivers.steps import Done, Failed, Hold, Outcome, Wait
+from ironworks.errors import IronworksError
+
+LOG = logging.getLogger(__name__)
+S, E = states.State, states.Event
+
+#: The state a provision action expects the node in when the conductor picks it up.
+EXPECTED_STATE: dict[str, frozenset[states.State]] = {
+    "manage": frozenset({S.VERIFYING}),
+    "provide": frozenset({S.CLEANING}),
+    "clean": frozenset({S.CLEANING}),
+    "inspect": frozenset({S.INSPECTING}),
+    "deploy": frozenset({S.DEPLOYING}),
+    "rebuild": frozenset({S.DEPLOYING}),
+    "delete": frozenset({S.DELETING}),
+    "rescue": frozenset({S.RESCUING}),
+    "unrescue": frozenset({S.UNRESCUING}),
+    "adopt": frozenset({S.ADOPTING}),
+    "service": frozenset({S.SERVICING}),
+    "resume": states.WAIT_STATES,
+    "abort": states.FAILURE_STATES | frozenset({S.ACTIVE}),
+}
+#: Flow kind of a state in which steps run.
+STEP_KIND = {
+    S.CLEANING: "clean",
+    S.CLEAN_WAIT: "clean",
+    S.DEPLOYING: "deploy",
+    S.DEPLOY_WAIT: "deploy",
+    S.SERVICING: "service",
+    S.SERVICE_WAIT: "service",
+}
+
+
+def describe_error(exc: BaseException) -> str:
+    """A message for ``last_error``: ours as written, anything else named with its type."""
+    if isinstance(exc, IronworksError):
+        return exc.message
+    return f"Unexpected {type(exc).__name__}: {exc}"
+
+
+class FlowRunner:
+    """Runs claimed actions. ``schedule(node_id, delay)`` queues a ``resume`` timer."""
+
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        drivers: DriverFactory,
+        *,
+        hostname: str,
+        schedule: Callable[[int, float, str | None], None],
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.drivers = drivers
+        self.hostname = hostname
+        self.schedule = schedule
+
+    def task(self, node_id: int, user: str | None = None) -> TaskContext:
+        """Load a node for a unit of work."""
+        return TaskContext(self.db, self.drivers, node_id, conductor=self.hostname, user=user)
+
+    # ---- entry point -------------------------------------------------------------
+    def run(self, action: ClaimedAction) -> dict[str, Any] | None:
+        """Run one action (the caller holds the node's lock); returns the action's result."""
+        task = self.task(action.node_id, action.user)
+        if action.kind == "power":
+            return self.power(task, action.name, action.args.get("timeout"))
+        if action.kind == "management":
+            return self.management(task, action.name, action.args)
+        if action.kind == "provision":
+            state = S(task.node.provision_state)
+            if state not in EXPECTED_STATE.get(action.name, frozenset()):
+                LOG.info("node %s: skipping %s in state %s", task.node.uuid, action.name, state.value)
+                return {"skipped": f"node is {state.value}"}
+            try:
+                getattr(self, f"_flow_{action.name}")(task, action.args)
+            except Exception as exc:  # a flow must never leave a node half-moved
+                LOG.exception("node %s: %s flow failed", task.node.uuid, action.name)
+                self.fail(task, describe_error(exc))
+            return None
+        raise ValueError(f"unknown action kind {action.kind!r}")
+
+    # ---- helpers -----------------------------------------------------------------------
+    def fail(self, task: TaskContext, error: str) -> None:
+        """Move the node along its ``fail`` edge with ``error`` as ``last_error``."""
+        state = S(task.node.provision_state)
+        if (state, E.FAIL) not in states.TRANSITIONS:
+            task.set(last_error=error)
+            task.save()
+            return
+        kind = STEP_KIND.get(state)
+        if kind:
+            task.set(**{f"{kind}_step": None})
+        task.node.driver_internal_info.pop("abort_after", None)
+        new = task.transition(E.FAIL, error=error, save=False)
+        if new == S.CLEAN_FAILED:
+            # like Ironic: a node that failed cleaning is not handed out until an operator looks
+            task.set(maintenance=True, fault="clean failure", maintenance_reason=error)
+        task.save()
+
+    def _power_iface(self, task: TaskContext) -> PowerInterface:
+        iface = task.driver["power"]
+        assert isinstance(iface, PowerInterface)
+        return iface
+
+    def _set_power(self, task: TaskContext, target: str, timeout: float | None = None) -> str:
+        power = self._power_iface(task)
+        timeout = timeout or self.config.conductor.power_state_change_timeout
+        if target in (PowerState.REBOOT, PowerState.SOFT_REBOOT):
+            power.reboot(task, timeout=timeout)
+        else:
+            power.set_power_state(task, target, timeout=timeout)
+        new = power.get_power_state(task)
+        task.node.power_state = new
+        task.set(power_state=new, target_power_state=None)
+        return new
+
+    # ---- power and management ------------------------------------------------------
+    def power(self, task: TaskContext, target: str, timeout: float | None) -> dict[str, Any]:
+        """Change the power state; record the result or the BMC's error."""
+        old = task.node.power_state
+        try:
+            new = self._set_power(task, target, timeout)
+        except Exception as exc:
+            err = f"Failed to change power state to {target!r}: {describe_error(exc)}"
+            task.set(target_power_state=None, last_error=err)
+            task.event("power", err, severity="ERROR", target=target)
+            task.save()
+            return {"error": err}
+        task.set(last_error=None)
+        task.event("power", f"Power state {old} -> {new} (requested {target})", target=target)
+        task.save()
+        return {"power_state": new}
+
+    def management(self, task: TaskContext, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Boot device get/set, answered synchronously through the action's result."""
+        mgmt = task.driver["management"]
+        assert isinstance(mgmt, ManagementInterface)
+        try:
+            if name == "set_boot_device":
+                mgmt.set_boot_device(task, args["boot_device"], persistent=bool(args.get("persistent")))
+                task.event("management", f"Boot device set to {args['boot_device']}", **args)
+                task.save()
+                return {}
+            if name == "get_boot_device":
+                return mgmt.get_boot_device(task)
+            if name == "get_supported_boot_devices":
+                return {"supported_boot_devices": mgmt.get_supported_boot_devices(task)}
+        except Exception as exc:
+            return {"error": describe_error(exc)}
+        raise ValueError(f"unknown management action {name!r}")
+
+    # ---- provision flows -------------------------------------------------------------
+    def _flow_manage(self, task: TaskContext, args: dict[str, Any]) -> None:
+        """Verifying: the BMC must answer before the node is manageable."""
+        power = self._power_iface(task)
+        power.validate(task)
+        state = power.get_power_state(task)
+        task.set(power_state=state)
+        task.transition(E.DONE)
+
+    def _flow_inspect(self, task: TaskContext, args: dict[str, Any]) -> None:
+        task.set(inspection_started_at=utcnow(), inspection_finished_at=None)
+        self._inspect(task)
+
+    def _inspect(self, task: TaskContext) -> None:
+        inspect = task.driver["inspect"]
+        assert isinstance(inspect, InspectInterface)
+        outcome = inspect.inspect_hardware(task)
+        if isinstance(outcome, Wait):
+            self._wait(task, outcome)
+            return
+        if isinstance(outcome, Failed):
+            self.fail(task, outcome.message)
+            return
+        result = (outcome.result if isinstance(outcome, Done) else None) or {}
+        props = {**task.node.properties, **result.get("properties", {})}
+        task.set(properties=props, inspection_finished_at=utcnow())
+        self._add_ports(task, result.get("macs", []))
+        self.refresh_caches(task)
+        task.transition(E.DONE)
+
+    def _add_ports(self, task: TaskContext, macs: list[str]) -> None:
+        if not macs:
+            return
+        with self.db.write() as s:
+            known = set(s.execute(select(Port.address).where(Port.address.in_(macs))).scalars())
+            for mac in macs:
+                if mac.lower() not in known:
+                    s.add(Port(address=mac.lower(), node_id=task.node.id))
+                    task.event("inspection", f"Port {mac} created by inspection", mac=mac)
+
+    def refresh_caches(self, task: TaskContext) -> None:
+        """Store the BIOS settings and firmware components the driver reports."""
+        bios, fw = task.driver.interfaces.get("bios"), task.driver.interfaces.get("firmware")
+        settings = bios.cache_bios_settings(task) if isinstance(bios, BiosInterface) else []
+        comps = fw.cache_firmware_components(task) if isinstance(fw, FirmwareInterface) else []
+        if not settings and not comps:
+            return
+        with self.db.write() as s:
+            existing = {b.name: b for b in s.execute(select(BiosSetting).where(BiosSetting.node_id == task.node.id)).scalars()}
+            for item in settings:
+                row = existing.get(item["name"])
+                if row is None:
+                    s.add(BiosSetting(node_id=task.node.id, **item))
+                else:
+                    for k, v in item.items():
+                        setattr(row, k, v)
+            known = {
+                c.component: c
+                for c in s.execute(select(FirmwareComponent).where(FirmwareComponent.node_id == task.node.id)).scalars()
+            }
+            for item in comps:
+                row2 = known.get(item["component"])
+                if row2 is None:
+                    s.add(
+                        FirmwareComponent(
+                            node_id=task.node.id,
+                            component=item["component"],
+                            initial_version=item.get("current_version"),
+                            current_version=item.get("current_version"),
+                        )
+                    )
+                elif row2.current_version != item.get("current_version"):
+                    row2.last_version_flashed = item.get("current_version")
+                    row2.current_version = item.get("current_version")
+
+    def _flow_provide(self, task: TaskContext, args: dict[str, Any]) -> None:
+        self._start_cleaning(task, manual=None)
+
+    def _flow_clean(self, task: TaskContext, args: dict[str, Any]) -> None:
+        self._start_cleaning(task, manual=args.get("clean_steps"))
+
+    def _start_cleaning(self, task: TaskContext, manual: list[dict[str, Any]] | None) -> None:
+        if manual is not None:
+            plan = stepslib.validate_requested(task.driver, "clean", manual)
+        elif self._automated_clean_enabled(task):
+            plan = stepslib.automated_steps(task.driver, "clean")
+        else:
+            plan = []
+            task.event("cleaning", "Automated cleaning is disabled: skipping it")
+        deploy = task.driver["deploy"]
+        assert isinstance(deploy, DeployInterface)
+        self._begin_steps(task, "clean", plan)
+        self._run_steps(task, "clean")
+
+    def _automated_clean_enabled(self, task: TaskContext) -> bool:
+        node_setting = task.db_node.automated_clean
+        return node_setting if node_setting is not None else self.config.conductor.automated_clean
+
+    def _flow_deploy(self, task: TaskContext, args: dict[str, Any]) -> None:
+        deploy = task.driver["deploy"]
+        assert isinstance(deploy, DeployInterface)
+        deploy.validate(task)
+        deploy.prepare(task)
+        requested = args.get("deploy_steps")
+        user_steps = stepslib.validate_requested(task.driver, "deploy", requested, with_priority=True) if requested else []
+        self._begin_steps(task, "deploy", stepslib.merge_deploy_steps(task.driver, user_steps))
+        self._run_steps(task, "deploy")
+
+    _flow_rebuild = _flow_deploy
+
+    def _flow_service(self, task: TaskContext, args: dict[str, Any]) -> None:
+        plan = stepslib.validate_requested(task.driver, "service", args.get("service_steps"))
+        self._begin_steps(task, "service", plan)
+        self._run_steps(task, "service")
+
+    def _flow_delete(self, task: TaskContext, args: dict[str, Any]) -> None:
+        deploy, boot = task.driver["deploy"], task.driver["boot"]
+        assert isinstance(deploy, DeployInterface) and isinstance(boot, BootInterface)
+        deploy.tear_down(task)
+        boot.clean_up_instance(task)
+        deploy.clean_up(task)
+        for key in ("deploy_steps", "deploy_step_index"):
+            task.node.driver_internal_info.pop(key, None)
+        task.set(instance_info={}, instance_uuid=None, deploy_step=None)
+        task.transition(E.CLEAN, save=False)
+        self._start_cleaning(task, manual=None)
+
+    def _flow_rescue(self, task: TaskContext, args: dict[str, Any]) -> None:
+        rescue = task.driver["rescue"]
+        assert isinstance(rescue, RescueInterface)
+        rescue.validate(task)
+        outcome = rescue.rescue(task)
+        if isinstance(outcome, Wait):
+            self._wait(task, outcome)
+        elif isinstance(outcome, Failed):
+            self.fail(task, outcome.message)
+        else:
+            task.transition(E.DONE)
+
+    def _flow_unrescue(self, task: TaskContext, args: dict[str, Any]) -> None:
+        rescue = task.driver["rescue"]
+        assert isinstance(rescue, RescueInterface)
+        rescue.unrescue(task)
+        info = dict(task.node.instance_info)
+        info.pop("rescue_password", None)
+        task.set(instance_info=info)
+        task.transition(E.DONE)
+
+    def _flow_adopt(self, task: TaskContext, args: dict[str, Any]) -> None:
+        deploy = task.driver["deploy"]
+        assert isinstance(deploy, DeployInterface)
+        deploy.validate(task)
+        deploy.take_over(task)
+        task.transition(E.DONE)
+
+    def _flow_abort(self, task: TaskContext, args: dict[str, Any]) -> None:
+        """Clean up after the API aborted a waiting flow (the state already moved)."""
+        boot = task.driver["boot"]
+        assert isinstance(boot, BootInterface)
+        boot.clean_up_ramdisk(task)
+        for kind in ("clean", "deploy", "service"):
+            for key in (f"{kind}_steps", f"{kind}_step_index"):
+                task.node.driver_internal_info.pop(key, None)
+        for key in ("abort_after", "wait_until", "held", "step_started_at"):
+            task.node.driver_internal_info.pop(key, None)
+        task.set(clean_step=None, deploy_step=None, service_step=None)
+        task.event("provision", f"Aborted by {task.user or 'the operator'}; clean-up done")
+        task.save()
+
+    def _flow_resume(self, task: TaskContext, args: dict[str, Any]) -> None:
+        wait_state = S(task.node.provision_state)
+        task.transition(E.RESUME, save=False)
+        if wait_state == S.INSPECT_WAIT:
+            self._inspect(task)
+        elif wait_state == S.RESCUE_WAIT:
+            self._flow_rescue(task, {})
+        else:
+            self._run_steps(task, STEP_KIND[wait_state])
+
+    # ---- the steps engine ----------------------------------------------------------------
+    def _begin_steps(self, task: TaskContext, kind: str, plan: list[dict[str, Any]]) -> None:
+        info = task.node.driver_internal_info
+        info[f"{kind}_steps"] = plan
+        info[f"{kind}_step_index"] = 0
+        for key in ("abort_after", "wait_until", "held", "step_started_at"):
+            info.pop(key, None)
+
+    def _call_step(self, task: TaskContext, step: dict[str, Any]) -> Outcome:
+        name, iface, args = step["step"], step["interface"], step.get("args") or {}
+        info = task.node.driver_internal_info
+        if name == "wait" and name in stepslib.RESERVED:
+            until = info.get("wait_until")
+            if until is None:
+                seconds = float(args.get("seconds", 0))
+                info["wait_until"] = time.time() + seconds
+                return Wait(poll_after=seconds, reason=f"wait step: {seconds:g}s") if seconds else Done()
+            if time.time() >= until:
+                info.pop("wait_until", None)
+                return Done()
+            return Wait(poll_after=max(0.0, until - time.time()))
+        if name == "hold":
+            if info.pop("held", False):
+                return Done()
+            info["held"] = True
+            return Hold("hold step")
+        if iface == "power" and name in ("power_on", "power_off", "reboot"):
+            target = {"power_on": PowerState.ON, "power_off": PowerState.OFF, "reboot": PowerState.REBOOT}[name]
+            self._set_power(task, target)
+            return Done()
+        impl = task.driver.interfaces[iface]
+        result = getattr(impl, name)(task, **args)
+        return Done() if result is None else result  # type: ignore[no-any-return]
+
+    def _run_steps(self, task: TaskContext, kind: str) -> None:
+        info = task.node.driver_internal_info
+        plan: list[dict[str, Any]] = info.get(f"{kind}_steps") or []
+        index = int(info.get(f"{kind}_step_index", 0))
+        while index < len(plan):
+            step = plan[index]
+            label = f"{step['interface']}.{step['step']}"
+            if "step_started_at" not in info:
+                info["step_started_at"] = time.time()
+                task.set(**{f"{kind}_step": {k: step[k] for k in ("interface", "step", "args", "priority")}})
+                task.event(
+                    "step.start",
+                    f"Started {kind} step {label}",
+                    kind=kind,
+                    step=label,
+                    args=task.masked(step.get("args")),
+                )
+                task.save()
+            try:
+                outcome = self._call_step(task, step)
+            except Exception as exc:
+                outcome = Failed("exception", describe_error(exc))
+            if isinstance(outcome, Wait):
+                self._wait(task, outcome)
+                return
+            if isinstance(outcome, Hold):
+                task.event("step.hold", f"{kind} step {label} holds the node: {outcome.reason}", kind=kind, step=label)
+                task.transition(E.HOLD)
+                return
+            duration = round(time.time() - float(info.pop("step_started_at", time.time())), 3)
+            info.pop("progress", None)
+            if isinstance(outcome, Failed):
+                msg = f"{kind.capitalize()} step {label} failed: {outcome.message}"
+                task.event("step.end", msg, severity="ERROR", kind=kind, step=label, outcome="failed",
+                           reason=outcome.reason, duration_s=duration)
+                self.fail(task, msg)
+                return
+            task.event("step.end", f"Finished {kind} step {label} in {duration:g}s", kind=kind, step=label,
+                       outcome="done", duration_s=duration)
+            index += 1
+            info[f"{kind}_step_index"] = index
+            if info.pop("abort_after", False):
+                self._abort_after(task, kind, label)
+                return
+        self._finish_steps(task, kind)
+
+    def _abort_after(self, task: TaskContext, kind: str, label: str) -> None:
+        task.set(**{f"{kind}_step": None})
+        msg = f"{kind.capitalize()} aborted by the operator after step {label} finished."
+        state = S(task.node.provision_state)
+        if (state, E.FAIL) in states.TRANSITIONS:
+            task.transition(E.FAIL, error=msg)
+        else:
+            task.set(last_error=msg)
+            task.save()
+
+    def _finish_steps(self, task: TaskContext, kind: str) -> None:
+        info = task.node.driver_internal_info
+        for key in (f"{kind}_steps", f"{kind}_step_index"):
+            info.pop(key, None)
+        task.set(**{f"{kind}_step": None})
+        if kind == "clean":
+            event = E.MANAGE if task.target == S.MANAGEABLE.value else E.DONE
+            if task.db_node.fault == "clean failure":
+                task.set(maintenance=False, fault=None, maintenance_reason=None)
+        else:
+            event = E.DONE
+        if kind == "deploy":
+            boot = task.driver["boot"]
+            assert isinstance(boot, BootInterface)
+            boot.prepare_instance(task)
+        if kind in ("clean", "service"):
+            self.refresh_caches(task)
+        task.transition(event)
+
+    def _wait(self, task: TaskContext, outcome: Wait) -> None:
+        state = S(task.node.provision_state)
+        if state in states.ACTIVE_FLOW_STATES:
+            task.transition(E.WAIT)
+        else:
+            task.save()
+        if outcome.poll_after is not None:
+            self.schedule(task.node.id, outcome.poll_after, task.user)
+
+
+def wait_deadline(seconds: float) -> dt.datetime:
+    """When a wait of ``seconds`` started now ends (naive UTC)."""
+    return utcnow() + dt.timedelta(seconds=seconds)

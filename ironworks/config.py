@@ -1,0 +1,201 @@
+"""Configuration: one object, loaded once at the entry point from a TOML file and the environment.
+
+Precedence, lowest first: built-in defaults, the TOML file (``--config``), environment variables
+``IRONWORKS_<SECTION>_<KEY>`` (e.g. ``IRONWORKS_DATABASE_URL``), then command-line flags. Nothing
+below the entry point reads the environment or a global: components receive the ``Config`` (or the
+section they need) as an argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ironworks.errors import ConfigError
+
+
+@dataclass(slots=True)
+class ApiConfig:
+    """``[api]``: the REST API server."""
+
+    host: str = "127.0.0.1"
+    port: int = 6385
+    #: ``noauth`` or ``http_basic`` (bcrypt htpasswd file, like Ironic standalone)
+    auth_strategy: str = "noauth"
+    htpasswd: str = ""
+    #: listening beyond loopback without authentication needs this set on purpose
+    allow_insecure_noauth: bool = False
+    max_body_bytes: int = 1 << 20
+    #: public URL used in links and ``Location`` headers; derived from the request when empty
+    public_url: str = ""
+    #: seconds a synchronous request (boot device get/set, validate) waits for a conductor
+    sync_timeout: float = 60.0
+
+
+@dataclass(slots=True)
+class DatabaseConfig:
+    """``[database]``: SQLite file under the state dir by default, or a PostgreSQL URL."""
+
+    url: str = ""
+    #: Fernet key (urlsafe base64); read from ``<state_dir>/secret.key`` (created) when empty
+    secret_key: str = ""
+
+
+@dataclass(slots=True)
+class ConductorConfig:
+    """``[conductor]``: workers, periodic tasks, timeouts."""
+
+    hostname: str = field(default_factory=socket.gethostname)
+    workers: int = 16
+    heartbeat_interval: float = 10.0
+    #: a conductor silent this long is dead: its locks are released and its work taken over
+    dead_after: float = 60.0
+    #: seconds between wake-up checks of the action queue when nothing wakes the conductor
+    poll_interval: float = 1.0
+    power_sync_interval: float = 60.0
+    #: consecutive failed power syncs before maintenance is set with fault "power failure"
+    power_sync_max_failures: int = 3
+    #: True: force the recorded power state onto the hardware; False: record what the BMC says
+    force_power_state_during_sync: bool = False
+    #: seconds to wait for a power change to be reported by the BMC
+    power_state_change_timeout: float = 60.0
+    automated_clean: bool = True
+    timeout_check_interval: float = 30.0
+    deploy_callback_timeout: float = 1800.0
+    clean_callback_timeout: float = 1800.0
+    inspect_wait_timeout: float = 1800.0
+    rescue_callback_timeout: float = 1800.0
+    service_callback_timeout: float = 1800.0
+    enabled_hardware_types: list[str] = field(default_factory=lambda: ["fake-hardware"])
+
+
+@dataclass(slots=True)
+class FakeConfig:
+    """``[fake]``: delays of the fake hardware, ``"N"`` seconds or ``"MIN:MAX"`` random range."""
+
+    power_delay: str = "0"
+    boot_delay: str = "0"
+    deploy_delay: str = "0"
+    management_delay: str = "0"
+    inspect_delay: str = "0"
+    bios_delay: str = "0"
+    raid_delay: str = "0"
+    firmware_delay: str = "0"
+    rescue_delay: str = "0"
+
+
+@dataclass(slots=True)
+class Config:
+    """Everything Ironworks reads from outside, in one object."""
+
+    state_dir: str = ""
+    log_level: str = "INFO"
+    api: ApiConfig = field(default_factory=ApiConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    conductor: ConductorConfig = field(default_factory=ConductorConfig)
+    fake: FakeConfig = field(default_factory=FakeConfig)
+
+    @property
+    def state_path(self) -> Path:
+        """The state directory (SQLite file, secret key, logs)."""
+        return Path(self.state_dir)
+
+    @property
+    def database_url(self) -> str:
+        """The configured database URL, or the embedded SQLite file in the state dir."""
+        return self.database.url or f"sqlite:///{self.state_path / 'ironworks.sqlite'}"
+
+
+def default_state_dir(environ: dict[str, str] | None = None) -> str:
+    """``$IRONWORKS_STATE_DIR``, else ``$XDG_STATE_HOME/ironworks``, else ``~/.local/state/ironworks``."""
+    env = os.environ if environ is None else environ
+    if env.get("IRONWORKS_STATE_DIR"):
+        return env["IRONWORKS_STATE_DIR"]
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "ironworks")
+
+
+_SECTIONS = {"api": ApiConfig, "database": DatabaseConfig, "conductor": ConductorConfig, "fake": FakeConfig}
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    tname = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    try:
+        if tname == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if tname == "int":
+            return int(value)
+        if tname == "float":
+            return float(value)
+        if tname.startswith("list"):
+            if isinstance(value, list):
+                return [str(v) for v in value]
+            return [v.strip() for v in str(value).split(",") if v.strip()]
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"Configuration {where} has an invalid value {value!r}: expected {tname}.") from None
+
+
+def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(
+                f"Unknown configuration key {where}.{key}; known keys: {', '.join(sorted(fields))}."
+            )
+        setattr(obj, key, _coerce(value, fields[key].type, f"{where}.{key}"))
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Config:
+    """Build the ``Config`` from defaults, the TOML file, the environment and ``overrides``."""
+    env = dict(os.environ if environ is None else environ)
+    cfg = Config()
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"Configuration file {path} does not exist.") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"Configuration file {path} is not valid TOML: {exc}.") from None
+        for key, value in data.items():
+            if key in _SECTIONS:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"Configuration section [{key}] in {path} must be a table.")
+                _apply(getattr(cfg, key), value, key)
+            elif key in ("state_dir", "log_level"):
+                setattr(cfg, key, str(value))
+            else:
+                raise ConfigError(f"Unknown configuration key {key!r} in {path}.")
+    for section in _SECTIONS:
+        prefix = f"IRONWORKS_{section.upper()}_"
+        vals = {k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
+        if vals:
+            _apply(getattr(cfg, section), vals, section)
+    if env.get("IRONWORKS_LOG_LEVEL"):
+        cfg.log_level = env["IRONWORKS_LOG_LEVEL"]
+    for section, vals in (overrides or {}).items():
+        if section == "":
+            for k, v in vals.items():
+                setattr(cfg, k, v)
+        else:
+            _apply(getattr(cfg, section), {k: v for k, v in vals.items() if v is not None}, section)
+    if not cfg.state_dir:
+        cfg.state_dir = default_state_dir(env)
+    return cfg

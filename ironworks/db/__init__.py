@@ -1,0 +1,1 @@
+"""Persistence: models, migrations, the database handle and secret storage."""

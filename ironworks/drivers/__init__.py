@@ -1,0 +1,1 @@
+"""Drivers: hardware types composed of small interfaces (power, management, boot, deploy ...)."""
