@@ -151,9 +151,7 @@ def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in values.items():
         if key not in fields:
-            raise ConfigError(
-                f"Unknown configuration key {where}.{key}; known keys: {', '.join(sorted(fields))}."
-            )
+            raise ConfigError(f"Unknown configuration key {where}.{key}; known keys: {', '.join(sorted(fields))}.")
         setattr(obj, key, _coerce(value, fields[key].type, f"{where}.{key}"))
 
 

@@ -57,9 +57,13 @@ class ApiContext:
 
             cutoff = utcnow() - dt.timedelta(seconds=self.config.conductor.dead_after)
             with self.db.read() as s:
-                hosts = s.execute(
-                    select(Conductor.hostname).where(Conductor.online.is_(True), Conductor.updated_at >= cutoff)
-                ).scalars().all()
+                hosts = (
+                    s.execute(
+                        select(Conductor.hostname).where(Conductor.online.is_(True), Conductor.updated_at >= cutoff)
+                    )
+                    .scalars()
+                    .all()
+                )
             self._ring, self._ring_at = HashRing(list(hosts)), now
         return self._ring
 
@@ -111,8 +115,7 @@ class ApiMiddleware:
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body:
                 raise errors.PayloadTooLarge(
-                    f"The request body is {length} bytes; the limit is {self.max_body} bytes "
-                    "([api] max_body_bytes)."
+                    f"The request body is {length} bytes; the limit is {self.max_body} bytes ([api] max_body_bytes)."
                 )
         except errors.IronworksError as exc:
             resp = api_errors.from_exception(exc)
@@ -160,13 +163,13 @@ def is_loopback(host: str) -> bool:
 
 def check_listen_policy(config: Config) -> None:
     """Refuse to serve beyond loopback without authentication unless told to on purpose."""
-    if config.api.auth_strategy == "noauth" and not is_loopback(config.api.host):
-        if not config.api.allow_insecure_noauth:
-            raise errors.ConfigError(
-                f"Refusing to listen on {config.api.host} without authentication: anyone who can reach it "
-                "could power off or erase machines. Set [api] auth_strategy = \"http_basic\" with an "
-                "htpasswd file, or set [api] allow_insecure_noauth = true if this network is trusted."
-            )
+    insecure = config.api.auth_strategy == "noauth" and not is_loopback(config.api.host)
+    if insecure and not config.api.allow_insecure_noauth:
+        raise errors.ConfigError(
+            f"Refusing to listen on {config.api.host} without authentication: anyone who can reach it "
+            'could power off or erase machines. Set [api] auth_strategy = "http_basic" with an '
+            "htpasswd file, or set [api] allow_insecure_noauth = true if this network is trusted."
+        )
 
 
 def base_url(request: Request, config: Config) -> str:
@@ -208,17 +211,16 @@ def create_app(config: Config, db: Database, drivers: DriverFactory) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(req: Request, exc: StarletteHTTPException) -> Response:
-        msg = {404: f"The resource {req.url.path} could not be found.", 405: f"Method {req.method} is not allowed on {req.url.path}."}.get(
-            exc.status_code, str(exc.detail)
-        )
+        msg = {
+            404: f"The resource {req.url.path} could not be found.",
+            405: f"Method {req.method} is not allowed on {req.url.path}.",
+        }.get(exc.status_code, str(exc.detail))
         return api_errors.error_response(msg, status=exc.status_code)
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> Response:
         LOG.exception("unexpected error")
-        return api_errors.error_response(
-            f"Internal error ({type(exc).__name__}); see the server log.", status=500
-        )
+        return api_errors.error_response(f"Internal error ({type(exc).__name__}); see the server log.", status=500)
 
     from ironworks.api import drivers as drivers_routes
     from ironworks.api import node_actions as node_action_routes

@@ -53,8 +53,9 @@ def error_body(message: str, *, status: int) -> bytes:
 
 def error_response(message: str, *, status: int, headers: dict[str, str] | None = None) -> Response:
     """A complete error response."""
-    return Response(error_body(message, status=status), status_code=status, media_type="application/json",
-                    headers=headers)
+    return Response(
+        error_body(message, status=status), status_code=status, media_type="application/json", headers=headers
+    )
 
 
 def from_exception(exc: errors.IronworksError) -> Response:

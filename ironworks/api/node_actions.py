@@ -81,12 +81,19 @@ def set_provision_state(request: Request, ident: str, body: ProvisionBody) -> Re
             node_info["abort_after"] = True
             node.driver_internal_info = node_info
             node_uuid = node.uuid
-            s.add(NodeEvent(node_id=node.id, event_type="provision", user=user_of(request),
-                            event="Abort requested: the current step cannot be interrupted, the flow stops "
-                                  "when it finishes"))
+            s.add(
+                NodeEvent(
+                    node_id=node.id,
+                    event_type="provision",
+                    user=user_of(request),
+                    event="Abort requested: the current step cannot be interrupted, the flow stops when it finishes",
+                )
+            )
             return Response(status_code=202, headers=_location(request, ctx, node_uuid))
         try:
-            tr = states.advance(current, event, target=S(node.target_provision_state) if node.target_provision_state else None)
+            tr = states.advance(
+                current, event, target=S(node.target_provision_state) if node.target_provision_state else None
+            )
         except states.InvalidTransitionError as exc:
             raise InvalidTransition(
                 f'The requested action "{body.target}" can not be performed on node "{node.uuid}" while it is in '
@@ -113,18 +120,48 @@ def set_provision_state(request: Request, ident: str, body: ProvisionBody) -> Re
         node.provision_updated_at = utcnow()
         if event != E.ABORT:
             node.last_error = None
+        s.add(
+            NodeEvent(
+                node_id=node.id,
+                event_type="provision",
+                user=user_of(request),
+                event=f"Provision state {current.value} -> {tr.state.value} ({body.target} requested)",
+                data={"from": current.value, "to": tr.state.value, "target": body.target},
+            )
+        )
         name = _action_name(event, current, tr.state)
         if name is not None:
-            queue.enqueue(ctx.db, s, node_id=node.id, kind="provision", name=name, args=args,
-                          user=user_of(request), request_id=request.headers.get("x-openstack-request-id"))
+            queue.enqueue(
+                ctx.db,
+                s,
+                node_id=node.id,
+                kind="provision",
+                name=name,
+                args=args,
+                user=user_of(request),
+                request_id=request.headers.get("x-openstack-request-id"),
+            )
         node_uuid = node.uuid
     ctx.db.wake()
     return Response(status_code=202, headers=_location(request, ctx, node_uuid))
 
 
 def _requested_interfaces(node: Node) -> dict[str, str | None]:
-    return {k: getattr(node, f"{k}_interface") for k in
-            ("power", "management", "boot", "deploy", "inspect", "firmware", "bios", "raid", "console", "rescue")}
+    return {
+        k: getattr(node, f"{k}_interface")
+        for k in (
+            "power",
+            "management",
+            "boot",
+            "deploy",
+            "inspect",
+            "firmware",
+            "bios",
+            "raid",
+            "console",
+            "rescue",
+        )
+    }
 
 
 def _check_version(event: states.Event, version: tuple[int, int]) -> None:
@@ -175,7 +212,10 @@ def _abort_deferred(node: Node, current: states.State) -> bool:
         return False
     kind = {S.CLEAN_WAIT: "clean", S.SERVICE_WAIT: "service", S.DEPLOY_WAIT: "deploy"}.get(current)
     plan = (node.driver_internal_info or {}).get(f"{kind}_steps") or []
-    match = next((p for p in plan if p.get("step") == step.get("step") and p.get("interface") == step.get("interface")), None)
+    match = next(
+        (p for p in plan if p.get("step") == step.get("step") and p.get("interface") == step.get("interface")),
+        None,
+    )
     return bool(match is not None and match.get("abortable") is False)
 
 
@@ -186,9 +226,19 @@ def _action_name(event: states.Event, old: states.State, new: states.State) -> s
     if event == E.UNHOLD:
         return "resume"
     if new in states.ACTIVE_FLOW_STATES:
-        return {E.MANAGE: "manage", E.PROVIDE: "provide", E.CLEAN: "clean", E.INSPECT: "inspect",
-                E.DEPLOY: "deploy", E.REBUILD: "rebuild", E.DELETE: "delete", E.RESCUE: "rescue",
-                E.UNRESCUE: "unrescue", E.ADOPT: "adopt", E.SERVICE: "service"}[event]
+        return {
+            E.MANAGE: "manage",
+            E.PROVIDE: "provide",
+            E.CLEAN: "clean",
+            E.INSPECT: "inspect",
+            E.DEPLOY: "deploy",
+            E.REBUILD: "rebuild",
+            E.DELETE: "delete",
+            E.RESCUE: "rescue",
+            E.UNRESCUE: "unrescue",
+            E.ADOPT: "adopt",
+            E.SERVICE: "service",
+        }[event]
     return None
 
 
@@ -216,12 +266,24 @@ def set_power_state(request: Request, ident: str, body: PowerBody) -> Response:
         if node.reservation:
             raise NodeLocked(node.uuid, node.reservation)
         if node.target_power_state:
-            raise Conflict(f"Node {node.uuid} is already changing its power state to {node.target_power_state}; "
-                           "retry when it is done.")
-        node.target_power_state = {PowerState.REBOOT: PowerState.ON, PowerState.SOFT_REBOOT: PowerState.ON,
-                                   PowerState.SOFT_OFF: PowerState.OFF}.get(body.target, body.target)
-        queue.enqueue(ctx.db, s, node_id=node.id, kind="power", name=body.target,
-                      args={"timeout": body.timeout} if body.timeout else None, user=user_of(request))
+            raise Conflict(
+                f"Node {node.uuid} is already changing its power state to {node.target_power_state}; "
+                "retry when it is done."
+            )
+        node.target_power_state = {
+            PowerState.REBOOT: PowerState.ON,
+            PowerState.SOFT_REBOOT: PowerState.ON,
+            PowerState.SOFT_OFF: PowerState.OFF,
+        }.get(body.target, body.target)
+        queue.enqueue(
+            ctx.db,
+            s,
+            node_id=node.id,
+            kind="power",
+            name=body.target,
+            args={"timeout": body.timeout} if body.timeout else None,
+            user=user_of(request),
+        )
         node_uuid = node.uuid
     ctx.db.wake()
     return Response(status_code=202, headers=_location(request, ctx, node_uuid))
@@ -263,8 +325,9 @@ def run_sync(request: Request, ident: str, name: str, args: dict[str, Any] | Non
         node = find_node(s, ident)
         if node.reservation:
             raise NodeLocked(node.uuid, node.reservation)
-        action_id = queue.enqueue(ctx.db, s, node_id=node.id, kind="management", name=name, args=args,
-                                  user=user_of(request)).id
+        action_id = queue.enqueue(
+            ctx.db, s, node_id=node.id, kind="management", name=name, args=args, user=user_of(request)
+        ).id
     ctx.db.wake()
     deadline = time.monotonic() + ctx.config.api.sync_timeout
     delay = 0.005

@@ -25,18 +25,61 @@ UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 DICT_FIELDS = frozenset({"driver_info", "properties", "instance_info", "extra", "network_data"})
 BOOL_FIELDS = frozenset({"automated_clean", "protected", "retired"})
 STR_FIELDS = frozenset(
-    {"name", "driver", "instance_uuid", "resource_class", "description", "owner", "lessee", "protected_reason",
-     "retired_reason", "conductor_group", "shard", "parent_node", "chassis_uuid"}
+    {
+        "name",
+        "driver",
+        "instance_uuid",
+        "resource_class",
+        "description",
+        "owner",
+        "lessee",
+        "protected_reason",
+        "retired_reason",
+        "conductor_group",
+        "shard",
+        "parent_node",
+        "chassis_uuid",
+    }
     | {f"{k}_interface" for k in INTERFACES}
 )
 PATCHABLE = DICT_FIELDS | BOOL_FIELDS | STR_FIELDS
 READ_ONLY = frozenset(
-    {"uuid", "id", "provision_state", "target_provision_state", "power_state", "target_power_state",
-     "provision_updated_at", "reservation", "created_at", "updated_at", "driver_internal_info", "last_error",
-     "clean_step", "deploy_step", "service_step", "maintenance", "maintenance_reason", "fault", "console_enabled",
-     "inspection_started_at", "inspection_finished_at", "conductor", "allocation_uuid", "boot_mode",
-     "secure_boot", "traits", "raid_config", "target_raid_config", "links", "ports", "portgroups", "states",
-     "volume", "disable_power_off"}
+    {
+        "uuid",
+        "id",
+        "provision_state",
+        "target_provision_state",
+        "power_state",
+        "target_power_state",
+        "provision_updated_at",
+        "reservation",
+        "created_at",
+        "updated_at",
+        "driver_internal_info",
+        "last_error",
+        "clean_step",
+        "deploy_step",
+        "service_step",
+        "maintenance",
+        "maintenance_reason",
+        "fault",
+        "console_enabled",
+        "inspection_started_at",
+        "inspection_finished_at",
+        "conductor",
+        "allocation_uuid",
+        "boot_mode",
+        "secure_boot",
+        "traits",
+        "raid_config",
+        "target_raid_config",
+        "links",
+        "ports",
+        "portgroups",
+        "states",
+        "volume",
+        "disable_power_off",
+    }
 )
 _HINTS = {
     "maintenance": "use PUT/DELETE /v1/nodes/{node}/maintenance",
@@ -69,9 +112,7 @@ def check_values(values: dict[str, Any], *, creating: bool = False) -> None:
             problems.append(f"{key} must be a string")
     name = values.get("name")
     if isinstance(name, str) and (not NAME_RE.match(name) or UUID_RE.match(name) or len(name) > 255):
-        problems.append(
-            f"name {name!r} is not valid: use letters, digits and - . _ ~ (at most 255, not a UUID)"
-        )
+        problems.append(f"name {name!r} is not valid: use letters, digits and - . _ ~ (at most 255, not a UUID)")
     for key in ("uuid", "instance_uuid", "chassis_uuid"):
         val = values.get(key)
         if isinstance(val, str) and not UUID_RE.match(val):
@@ -146,7 +187,11 @@ def apply_patch(node: Node, patch: Any, drivers: DriverFactory, secrets: SecretB
     for f in ("driver_info", "instance_info"):
         result[f] = secrets.seal(_restore_masked(result[f], doc[f]))
     check_values(result)
-    changes = {f: v for f, v in result.items() if v != getattr(node, f) and not (f in DICT_FIELDS and not v and not getattr(node, f))}
+    changes = {
+        f: v
+        for f, v in result.items()
+        if v != getattr(node, f) and not (f in DICT_FIELDS and not v and not getattr(node, f))
+    }
     iface_changes = {k for k in changes if k.endswith("_interface")}
     if "driver" in changes or iface_changes:
         if node.provision_state not in UPDATE_ALLOWED_STATES and not node.maintenance:

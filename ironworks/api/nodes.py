@@ -137,8 +137,14 @@ def create_node(request: Request, body: NodeCreate) -> Response:
         node = Node(**values)
         s.add(node)
         s.flush()
-        s.add(NodeEvent(node_id=node.id, event_type="node", event=f"Node created with driver {node.driver}",
-                        user=user_of(request)))
+        s.add(
+            NodeEvent(
+                node_id=node.id,
+                event_type="node",
+                event=f"Node created with driver {node.driver}",
+                user=user_of(request),
+            )
+        )
     rc = render_ctx(request, ctx)
     data = node_to_dict(node, select_fields(None, NODE_FIELDS, version), rc, detail_links=True)
     return json_response(data, 201, {"Location": f"{rc.base}/v1/nodes/{node.uuid}"})
@@ -147,8 +153,19 @@ def create_node(request: Request, body: NodeCreate) -> Response:
 # ---- list / show ----------------------------------------------------------------------
 def _filters(stmt: Select[Any], request: Request) -> Select[Any]:
     q = request.query_params
-    simple = ("provision_state", "driver", "resource_class", "conductor_group", "fault", "owner", "lessee",
-              "shard", "instance_uuid", "chassis_uuid", "parent_node")
+    simple = (
+        "provision_state",
+        "driver",
+        "resource_class",
+        "conductor_group",
+        "fault",
+        "owner",
+        "lessee",
+        "shard",
+        "instance_uuid",
+        "chassis_uuid",
+        "parent_node",
+    )
     for key in simple:
         if key in q:
             stmt = stmt.where(getattr(Node, key) == q[key])
@@ -165,8 +182,17 @@ def _filters(stmt: Select[Any], request: Request) -> Select[Any]:
     return stmt
 
 
-def _list(request: Request, *, detail: bool, limit: int | None, marker: str | None, sort_key: str,
-          sort_dir: str, fields: str | None, path: str) -> Response:
+def _list(
+    request: Request,
+    *,
+    detail: bool,
+    limit: int | None,
+    marker: str | None,
+    sort_key: str,
+    sort_dir: str,
+    fields: str | None,
+    path: str,
+) -> Response:
     ctx = ctx_of(request)
     version = version_of(request)
     if fields is not None and detail:
@@ -178,8 +204,22 @@ def _list(request: Request, *, detail: bool, limit: int | None, marker: str | No
     page = min(limit or MAX_LIMIT, MAX_LIMIT)
     if sort_dir not in ("asc", "desc"):
         raise InvalidInput(f"sort_dir must be 'asc' or 'desc', not {sort_dir!r}.")
-    sortable = {"id", "uuid", "name", "created_at", "updated_at", "provision_state", "provision_updated_at",
-                "driver", "power_state", "maintenance", "resource_class", "conductor_group", "owner", "lessee"}
+    sortable = {
+        "id",
+        "uuid",
+        "name",
+        "created_at",
+        "updated_at",
+        "provision_state",
+        "provision_updated_at",
+        "driver",
+        "power_state",
+        "maintenance",
+        "resource_class",
+        "conductor_group",
+        "owner",
+        "lessee",
+    }
     if sort_key not in sortable:
         raise InvalidInput(f"Cannot sort on {sort_key!r}; sortable fields: {', '.join(sorted(sortable))}.")
     col = getattr(Node, sort_key)
@@ -233,8 +273,16 @@ def list_nodes(
     """Nodes, paginated (``limit``, ``marker``, ``next``), filtered, optionally in detail."""
     if detail and version_of(request) < versions.FEATURES["detail_param"]:
         raise InvalidInput("The 'detail' parameter needs API version 1.43 or newer; use /v1/nodes/detail.")
-    return _list(request, detail=detail, limit=limit, marker=marker, sort_key=sort_key, sort_dir=sort_dir,
-                 fields=fields, path="/v1/nodes")
+    return _list(
+        request,
+        detail=detail,
+        limit=limit,
+        marker=marker,
+        sort_key=sort_key,
+        sort_dir=sort_dir,
+        fields=fields,
+        path="/v1/nodes",
+    )
 
 
 @router.get("/v1/nodes/detail", summary="List nodes with every field")
@@ -249,8 +297,16 @@ def list_nodes_detail(
     driver: str | None = Query(None),
 ) -> Response:
     """Nodes with every field."""
-    return _list(request, detail=True, limit=limit, marker=marker, sort_key=sort_key, sort_dir=sort_dir,
-                 fields=None, path="/v1/nodes/detail")
+    return _list(
+        request,
+        detail=True,
+        limit=limit,
+        marker=marker,
+        sort_key=sort_key,
+        sort_dir=sort_dir,
+        fields=None,
+        path="/v1/nodes/detail",
+    )
 
 
 @router.get("/v1/nodes/{ident}", summary="Show a node")
@@ -261,8 +317,12 @@ def get_node(request: Request, ident: str, fields: str | None = None) -> Respons
     requested = parse_fields(fields, NODE_FIELDS, version)
     with ctx.db.read() as s:
         node = find_node(s, ident)
-    data = node_to_dict(node, select_fields(requested, NODE_FIELDS, version), render_ctx(request, ctx),
-                        detail_links=requested is None)
+    data = node_to_dict(
+        node,
+        select_fields(requested, NODE_FIELDS, version),
+        render_ctx(request, ctx),
+        detail_links=requested is None,
+    )
     return json_response(data)
 
 
@@ -281,11 +341,16 @@ def patch_node(request: Request, ident: str, patch: list[dict[str, Any]] = Body(
             nodefields.check_unique(s, changes, exclude_id=node.id)
             for key, value in changes.items():
                 setattr(node, key, value)
-            s.add(NodeEvent(node_id=node.id, event_type="node", user=user_of(request),
-                            event=f"Node updated: {', '.join(sorted(changes))}"))
+            s.add(
+                NodeEvent(
+                    node_id=node.id,
+                    event_type="node",
+                    user=user_of(request),
+                    event=f"Node updated: {', '.join(sorted(changes))}",
+                )
+            )
         s.flush()
-    data = node_to_dict(node, select_fields(None, NODE_FIELDS, version), render_ctx(request, ctx),
-                        detail_links=True)
+    data = node_to_dict(node, select_fields(None, NODE_FIELDS, version), render_ctx(request, ctx), detail_links=True)
     return json_response(data)
 
 
@@ -298,12 +363,15 @@ def delete_node(request: Request, ident: str) -> Response:
         if node.reservation:
             raise NodeLocked(node.uuid, node.reservation)
         if node.protected:
-            raise InvalidInput(f"Node {node.uuid} is protected ({node.protected_reason or 'no reason given'}): "
-                               "unset protected first.")
+            raise InvalidInput(
+                f"Node {node.uuid} is protected ({node.protected_reason or 'no reason given'}): unset protected first."
+            )
         if node.provision_state not in DELETE_ALLOWED_STATES and not node.maintenance:
             allowed = ", ".join(sorted(DELETE_ALLOWED_STATES))
-            raise InvalidInput(f"Can not delete node {node.uuid} while it is in provision state "
-                               f"\"{node.provision_state}\". Valid states: {allowed}; or set maintenance first.")
+            raise InvalidInput(
+                f"Can not delete node {node.uuid} while it is in provision state "
+                f'"{node.provision_state}". Valid states: {allowed}; or set maintenance first.'
+            )
         s.execute(delete(Node).where(Node.id == node.id))
     return Response(status_code=204)
 
@@ -354,8 +422,9 @@ def _maintenance(request: Request, ident: str, on: bool, reason: str | None) -> 
 
 
 @router.get("/v1/nodes/{ident}/history", summary="The node's timeline")
-def get_history(request: Request, ident: str, limit: int | None = None, marker: str | None = None,
-                detail: bool = False) -> Response:
+def get_history(
+    request: Request, ident: str, limit: int | None = None, marker: str | None = None, detail: bool = False
+) -> Response:
     """Timeline entries, oldest first: transitions, steps (with timings), power, maintenance."""
     ctx = ctx_of(request)
     if version_of(request) < versions.FEATURES["history"]:
@@ -414,10 +483,19 @@ def get_bios_setting(request: Request, ident: str, name: str) -> Response:
 
 def _bios(r: BiosSetting, node_uuid: str, base: str) -> dict[str, Any]:
     return {
-        "name": r.name, "value": r.value, "attribute_type": r.attribute_type, "allowable_values": r.allowable_values,
-        "lower_bound": r.lower_bound, "upper_bound": r.upper_bound, "min_length": r.min_length,
-        "max_length": r.max_length, "read_only": r.read_only, "reset_required": r.reset_required,
-        "unique": r.unique, "created_at": iso(r.created_at), "updated_at": iso(r.updated_at),
+        "name": r.name,
+        "value": r.value,
+        "attribute_type": r.attribute_type,
+        "allowable_values": r.allowable_values,
+        "lower_bound": r.lower_bound,
+        "upper_bound": r.upper_bound,
+        "min_length": r.min_length,
+        "max_length": r.max_length,
+        "read_only": r.read_only,
+        "reset_required": r.reset_required,
+        "unique": r.unique,
+        "created_at": iso(r.created_at),
+        "updated_at": iso(r.updated_at),
         "links": [{"href": f"{base}/v1/nodes/{node_uuid}/bios/{r.name}", "rel": "self"}],
     }
 
@@ -434,9 +512,14 @@ def get_firmware(request: Request, ident: str) -> Response:
             select(FirmwareComponent).where(FirmwareComponent.node_id == node.id).order_by(FirmwareComponent.component)
         ).scalars()
         out = [
-            {"component": r.component, "initial_version": r.initial_version, "current_version": r.current_version,
-             "last_version_flashed": r.last_version_flashed, "created_at": iso(r.created_at),
-             "updated_at": iso(r.updated_at)}
+            {
+                "component": r.component,
+                "initial_version": r.initial_version,
+                "current_version": r.current_version,
+                "last_version_flashed": r.last_version_flashed,
+                "created_at": iso(r.created_at),
+                "updated_at": iso(r.updated_at),
+            }
             for r in rows
         ]
     return json_response({"firmware": out})

@@ -19,8 +19,15 @@ from ironworks.errors import Conflict, InvalidInput, NotFound
 
 router = APIRouter()
 MAC_RE = re.compile(r"^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$")
-PATCHABLE = {"address", "extra", "local_link_connection", "pxe_enabled", "physical_network", "is_smartnic",
-             "node_uuid"}
+PATCHABLE = {
+    "address",
+    "extra",
+    "local_link_connection",
+    "pxe_enabled",
+    "physical_network",
+    "is_smartnic",
+    "node_uuid",
+}
 
 
 def normalize_mac(value: str) -> str:
@@ -83,12 +90,21 @@ def create_port(request: Request, body: PortCreate) -> Response:
         s.add(NodeEvent(node_id=node.id, event_type="port", event=f"Port {mac} created", user=user_of(request)))
         node_uuid = node.uuid
     base = base_url(request, ctx.config)
-    return json_response(port_to_dict(port, node_uuid, PORT_FIELDS, base), 201,
-                         {"Location": f"{base}/v1/ports/{port.uuid}"})
+    return json_response(
+        port_to_dict(port, node_uuid, PORT_FIELDS, base), 201, {"Location": f"{base}/v1/ports/{port.uuid}"}
+    )
 
 
-def _list(request: Request, *, node: str | None, address: str | None, detail: bool, limit: int | None,
-          marker: str | None, fields: str | None) -> Response:
+def _list(
+    request: Request,
+    *,
+    node: str | None,
+    address: str | None,
+    detail: bool,
+    limit: int | None,
+    marker: str | None,
+    fields: str | None,
+) -> Response:
     ctx = ctx_of(request)
     names = PORT_FIELDS if detail else PORT_LIST_FIELDS
     if fields:
@@ -118,25 +134,50 @@ def _list(request: Request, *, node: str | None, address: str | None, detail: bo
 
 
 @router.get("/v1/ports", summary="List ports")
-def list_ports(request: Request, node: str | None = None, node_uuid: str | None = None, address: str | None = None,
-               detail: bool = False, limit: int | None = None, marker: str | None = None,
-               fields: str | None = None) -> Response:
+def list_ports(
+    request: Request,
+    node: str | None = None,
+    node_uuid: str | None = None,
+    address: str | None = None,
+    detail: bool = False,
+    limit: int | None = None,
+    marker: str | None = None,
+    fields: str | None = None,
+) -> Response:
     """Ports, optionally of one node or with one MAC address."""
-    return _list(request, node=node or node_uuid, address=address, detail=detail, limit=limit, marker=marker,
-                 fields=fields)
+    return _list(
+        request,
+        node=node or node_uuid,
+        address=address,
+        detail=detail,
+        limit=limit,
+        marker=marker,
+        fields=fields,
+    )
 
 
 @router.get("/v1/ports/detail", summary="List ports with every field")
-def list_ports_detail(request: Request, node: str | None = None, node_uuid: str | None = None,
-                      address: str | None = None, limit: int | None = None, marker: str | None = None) -> Response:
+def list_ports_detail(
+    request: Request,
+    node: str | None = None,
+    node_uuid: str | None = None,
+    address: str | None = None,
+    limit: int | None = None,
+    marker: str | None = None,
+) -> Response:
     """Ports with every field."""
-    return _list(request, node=node or node_uuid, address=address, detail=True, limit=limit, marker=marker,
-                 fields=None)
+    return _list(request, node=node or node_uuid, address=address, detail=True, limit=limit, marker=marker, fields=None)
 
 
 @router.get("/v1/nodes/{ident}/ports", summary="List a node's ports")
-def node_ports(request: Request, ident: str, limit: int | None = None, marker: str | None = None,
-               fields: str | None = None, detail: bool = False) -> Response:
+def node_ports(
+    request: Request,
+    ident: str,
+    limit: int | None = None,
+    marker: str | None = None,
+    fields: str | None = None,
+    detail: bool = False,
+) -> Response:
     """The ports of one node."""
     return _list(request, node=ident, address=None, detail=detail, limit=limit, marker=marker, fields=fields)
 
@@ -166,9 +207,15 @@ def patch_port(request: Request, ident: str, patch: list[dict[str, Any]] = Body(
     ctx = ctx_of(request)
     with ctx.db.write() as s:
         port, node_uuid = find_port(s, ident)
-        doc = {"address": port.address, "extra": dict(port.extra or {}), "node_uuid": node_uuid,
-               "local_link_connection": dict(port.local_link_connection or {}), "pxe_enabled": port.pxe_enabled,
-               "physical_network": port.physical_network, "is_smartnic": port.is_smartnic}
+        doc = {
+            "address": port.address,
+            "extra": dict(port.extra or {}),
+            "node_uuid": node_uuid,
+            "local_link_connection": dict(port.local_link_connection or {}),
+            "pxe_enabled": port.pxe_enabled,
+            "physical_network": port.physical_network,
+            "is_smartnic": port.is_smartnic,
+        }
         for op in patch:
             top = str(op.get("path", "/")).split("/")[1] if isinstance(op, dict) else ""
             if top not in PATCHABLE:
@@ -204,6 +251,12 @@ def delete_port(request: Request, ident: str) -> Response:
     with ctx.db.write() as s:
         port, _ = find_port(s, ident)
         s.execute(delete(Port).where(Port.id == port.id))
-        s.add(NodeEvent(node_id=port.node_id, event_type="port", event=f"Port {port.address} deleted",
-                        user=user_of(request)))
+        s.add(
+            NodeEvent(
+                node_id=port.node_id,
+                event_type="port",
+                event=f"Port {port.address} deleted",
+                user=user_of(request),
+            )
+        )
     return Response(status_code=204)

@@ -107,9 +107,15 @@ PORT_FIELDS = [
 PORT_LIST_FIELDS = ["address", "uuid"]
 
 _MASKED_DICTS = frozenset({"driver_info", "instance_info", "driver_internal_info"})
-_DATES = frozenset({"created_at", "updated_at", "provision_updated_at", "inspection_started_at", "inspection_finished_at"})
+_DATES = frozenset(
+    {"created_at", "updated_at", "provision_updated_at", "inspection_started_at", "inspection_finished_at"}
+)
 _INTERFACE_FIELDS = frozenset(f"{k}_interface" for k in INTERFACES)
-_DEFAULT_NETWORKISH = {"network_interface": "noop", "storage_interface": "noop", "vendor_interface": "no-vendor"}
+_DEFAULT_NETWORKISH = {
+    "network_interface": "noop",
+    "storage_interface": "noop",
+    "vendor_interface": "no-vendor",
+}
 
 
 def iso(value: dt.datetime | None) -> str | None:

@@ -25,9 +25,7 @@ HostOpt = Annotated[str | None, typer.Option("--host", help="Address to listen o
 PortOpt = Annotated[int | None, typer.Option("--port", help="Port to listen on (default 6385).")]
 
 
-def _load(
-    config: Path | None, state_dir: str | None, host: str | None = None, port: int | None = None
-) -> Any:
+def _load(config: Path | None, state_dir: str | None, host: str | None = None, port: int | None = None) -> Any:
     from ironworks.config import load_config
     from ironworks.errors import ConfigError
 
@@ -51,9 +49,7 @@ def _fail(exc: Exception) -> None:
 
 
 @app.command()
-def serve(
-    config: ConfigOpt = None, state_dir: StateOpt = None, host: HostOpt = None, port: PortOpt = None
-) -> None:
+def serve(config: ConfigOpt = None, state_dir: StateOpt = None, host: HostOpt = None, port: PortOpt = None) -> None:
     """Run the API and a conductor in one process (SQLite by default; migrates the database)."""
     from ironworks import server
     from ironworks.api.app import check_listen_policy
@@ -82,9 +78,7 @@ def serve(
 
 
 @app.command()
-def api(
-    config: ConfigOpt = None, state_dir: StateOpt = None, host: HostOpt = None, port: PortOpt = None
-) -> None:
+def api(config: ConfigOpt = None, state_dir: StateOpt = None, host: HostOpt = None, port: PortOpt = None) -> None:
     """Run only the API (conductors run apart, on the same database)."""
     from ironworks import server
     from ironworks.api.app import check_listen_policy
@@ -159,9 +153,7 @@ def htpasswd(
     if not password:
         typer.echo("error: empty password", err=True)
         raise typer.Exit(2)
-    lines = [
-        ln for ln in (file.read_text().splitlines() if file.exists() else []) if not ln.startswith(f"{user}:")
-    ]
+    lines = [ln for ln in (file.read_text().splitlines() if file.exists() else []) if not ln.startswith(f"{user}:")]
     lines.append(make_htpasswd_line(user, password))
     file.write_text("\n".join(lines) + "\n")
     file.chmod(0o600)

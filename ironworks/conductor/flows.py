@@ -237,7 +237,9 @@ class FlowRunner:
         if not settings and not comps:
             return
         with self.db.write() as s:
-            existing = {b.name: b for b in s.execute(select(BiosSetting).where(BiosSetting.node_id == task.node.id)).scalars()}
+            existing = {
+                b.name: b for b in s.execute(select(BiosSetting).where(BiosSetting.node_id == task.node.id)).scalars()
+            }
             for item in settings:
                 row = existing.get(item["name"])
                 if row is None:
@@ -272,14 +274,12 @@ class FlowRunner:
 
     def _start_cleaning(self, task: TaskContext, manual: list[dict[str, Any]] | None) -> None:
         if manual is not None:
-            plan = stepslib.validate_requested(task.driver, "clean", manual)
+            plan = manual  # validated and normalized by the API before it was queued
         elif self._automated_clean_enabled(task):
             plan = stepslib.automated_steps(task.driver, "clean")
         else:
             plan = []
             task.event("cleaning", "Automated cleaning is disabled: skipping it")
-        deploy = task.driver["deploy"]
-        assert isinstance(deploy, DeployInterface)
         self._begin_steps(task, "clean", plan)
         self._run_steps(task, "clean")
 
@@ -292,16 +292,15 @@ class FlowRunner:
         assert isinstance(deploy, DeployInterface)
         deploy.validate(task)
         deploy.prepare(task)
-        requested = args.get("deploy_steps")
-        user_steps = stepslib.validate_requested(task.driver, "deploy", requested, with_priority=True) if requested else []
+        # operator deploy steps were validated and normalized by the API before it queued them
+        user_steps = args.get("deploy_steps") or []
         self._begin_steps(task, "deploy", stepslib.merge_deploy_steps(task.driver, user_steps))
         self._run_steps(task, "deploy")
 
     _flow_rebuild = _flow_deploy
 
     def _flow_service(self, task: TaskContext, args: dict[str, Any]) -> None:
-        plan = stepslib.validate_requested(task.driver, "service", args.get("service_steps"))
-        self._begin_steps(task, "service", plan)
+        self._begin_steps(task, "service", list(args.get("service_steps") or []))
         self._run_steps(task, "service")
 
     def _flow_delete(self, task: TaskContext, args: dict[str, Any]) -> None:
@@ -400,7 +399,7 @@ class FlowRunner:
             return Done()
         impl = task.driver.interfaces[iface]
         result = getattr(impl, name)(task, **args)
-        return Done() if result is None else result  # type: ignore[no-any-return]
+        return Done() if result is None else result
 
     def _run_steps(self, task: TaskContext, kind: str) -> None:
         info = task.node.driver_internal_info
@@ -428,19 +427,38 @@ class FlowRunner:
                 self._wait(task, outcome)
                 return
             if isinstance(outcome, Hold):
-                task.event("step.hold", f"{kind} step {label} holds the node: {outcome.reason}", kind=kind, step=label)
+                task.event(
+                    "step.hold",
+                    f"{kind} step {label} holds the node: {outcome.reason}",
+                    kind=kind,
+                    step=label,
+                )
                 task.transition(E.HOLD)
                 return
             duration = round(time.time() - float(info.pop("step_started_at", time.time())), 3)
             info.pop("progress", None)
             if isinstance(outcome, Failed):
                 msg = f"{kind.capitalize()} step {label} failed: {outcome.message}"
-                task.event("step.end", msg, severity="ERROR", kind=kind, step=label, outcome="failed",
-                           reason=outcome.reason, duration_s=duration)
+                task.event(
+                    "step.end",
+                    msg,
+                    severity="ERROR",
+                    kind=kind,
+                    step=label,
+                    outcome="failed",
+                    reason=outcome.reason,
+                    duration_s=duration,
+                )
                 self.fail(task, msg)
                 return
-            task.event("step.end", f"Finished {kind} step {label} in {duration:g}s", kind=kind, step=label,
-                       outcome="done", duration_s=duration)
+            task.event(
+                "step.end",
+                f"Finished {kind} step {label} in {duration:g}s",
+                kind=kind,
+                step=label,
+                outcome="done",
+                duration_s=duration,
+            )
             index += 1
             info[f"{kind}_step_index"] = index
             if info.pop("abort_after", False):

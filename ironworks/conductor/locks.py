@@ -22,9 +22,7 @@ LOG = logging.getLogger(__name__)
 def acquire(db: Database, node_id: int, *, holder: str) -> None:
     """Take the lock of node ``node_id`` for ``holder``; ``NodeLocked`` if someone has it."""
     with db.write() as s:
-        res = s.execute(
-            update(Node).where(Node.id == node_id, Node.reservation.is_(None)).values(reservation=holder)
-        )
+        res = s.execute(update(Node).where(Node.id == node_id, Node.reservation.is_(None)).values(reservation=holder))
         if res.rowcount == 0:  # type: ignore[attr-defined]
             row = s.execute(select(Node.uuid, Node.reservation).where(Node.id == node_id)).first()
             raise NodeLocked(row.uuid if row else str(node_id), row.reservation if row else None)

@@ -130,9 +130,7 @@ def claim(
     return claimed
 
 
-def finish(
-    db: Database, action_id: int, *, error: str | None = None, result: dict[str, Any] | None = None
-) -> None:
+def finish(db: Database, action_id: int, *, error: str | None = None, result: dict[str, Any] | None = None) -> None:
     """Mark a claimed action done (or failed with ``error``)."""
     with db.write() as s:
         s.execute(

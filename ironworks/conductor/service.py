@@ -28,8 +28,8 @@ from ironworks.conductor.flows import FlowRunner, describe_error
 from ironworks.conductor.ring import HashRing
 from ironworks.config import Config
 from ironworks.db.engine import WAKE_CHANNEL, Database
+from ironworks.db.models import Action, Node, utcnow
 from ironworks.db.models import Conductor as ConductorRow
-from ironworks.db.models import Node, utcnow
 from ironworks.drivers.base import PowerInterface
 from ironworks.drivers.registry import DriverFactory
 from ironworks.errors import NodeLocked
@@ -147,12 +147,16 @@ class ConductorService:
     def _reap_dead(self) -> None:
         cutoff = utcnow() - dt.timedelta(seconds=self.cc.dead_after)
         with self.db.write() as s:
-            dead = s.execute(
-                select(ConductorRow.hostname).where(
-                    ConductorRow.hostname != self.hostname,
-                    (ConductorRow.updated_at < cutoff) | (ConductorRow.online.is_(False)),
+            dead = (
+                s.execute(
+                    select(ConductorRow.hostname).where(
+                        ConductorRow.hostname != self.hostname,
+                        (ConductorRow.updated_at < cutoff) | (ConductorRow.online.is_(False)),
+                    )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
             if dead:
                 s.execute(update(ConductorRow).where(ConductorRow.hostname.in_(dead)).values(online=False))
         for host in dead:
@@ -161,9 +165,15 @@ class ConductorService:
     def _refresh_ring(self) -> None:
         cutoff = utcnow() - dt.timedelta(seconds=self.cc.dead_after)
         with self.db.read() as s:
-            hosts = s.execute(
-                select(ConductorRow.hostname).where(ConductorRow.online.is_(True), ConductorRow.updated_at >= cutoff)
-            ).scalars().all()
+            hosts = (
+                s.execute(
+                    select(ConductorRow.hostname).where(
+                        ConductorRow.online.is_(True), ConductorRow.updated_at >= cutoff
+                    )
+                )
+                .scalars()
+                .all()
+            )
         self._ring = HashRing(list(hosts) or [self.hostname])
 
     def owns(self, node_uuid: str) -> bool:
@@ -371,7 +381,9 @@ class ConductorService:
                     if state not in _TIMEOUT_FIELDS:
                         continue
                     field = _TIMEOUT_FIELDS[state]
-                    msg = f"{states.TIMEOUT_MESSAGES[state]} (limit: [conductor] {field} = {getattr(self.cc, field):g}s)"
+                    msg = (
+                        f"{states.TIMEOUT_MESSAGES[state]} (limit: [conductor] {field} = {getattr(self.cc, field):g}s)"
+                    )
                     kind = {S.CLEAN_WAIT: "clean", S.DEPLOY_WAIT: "deploy", S.SERVICE_WAIT: "service"}.get(state)
                     if kind:
                         task.set(**{f"{kind}_step": None})
@@ -391,10 +403,12 @@ class ConductorService:
                 busy = self._busy
             with self.db.read() as s:
                 due = s.execute(
-                    select(queue.Action.id).where(
-                        queue.Action.status.in_([queue.PENDING, queue.RUNNING]),
-                        (queue.Action.not_before.is_(None)) | (queue.Action.not_before <= utcnow()),
-                    ).limit(1)
+                    select(Action.id)
+                    .where(
+                        Action.status.in_([queue.PENDING, queue.RUNNING]),
+                        (Action.not_before.is_(None)) | (Action.not_before <= utcnow()),
+                    )
+                    .limit(1)
                 ).first()
             if not busy and due is None:
                 return

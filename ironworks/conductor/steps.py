@@ -15,7 +15,15 @@ from ironworks.drivers.registry import Driver
 from ironworks.drivers.steps import StepInfo, check_args, steps_of
 from ironworks.errors import InvalidInput
 
-INTERFACE_PRIORITY = {"vendor": 7, "power": 6, "management": 5, "deploy": 4, "firmware": 3, "bios": 2, "raid": 1}
+INTERFACE_PRIORITY = {
+    "vendor": 7,
+    "power": 6,
+    "management": 5,
+    "deploy": 4,
+    "firmware": 3,
+    "bios": 2,
+    "raid": 1,
+}
 STEP_INTERFACES = ("deploy", "power", "management", "firmware", "bios", "raid", "vendor")
 
 RESERVED: dict[str, StepInfo] = {

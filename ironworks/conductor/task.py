@@ -64,7 +64,8 @@ class TaskContext:
         )
         self.target = row.target_provision_state
         self.driver: Driver = drivers.driver_for(
-            row.driver, {k: getattr(row, f"{k}_interface") for k in drivers.hardware_type(row.driver).supported}
+            row.driver,
+            {k: getattr(row, f"{k}_interface") for k in drivers.hardware_type(row.driver).supported},
         )
         # columns the flow changes, written on save()
         self.changes: dict[str, Any] = {}
@@ -73,7 +74,12 @@ class TaskContext:
     def record(self, message: str, *, severity: str = "INFO", data: dict[str, Any] | None = None) -> None:
         """Add an entry to the node's timeline (written on the next save)."""
         self._events.append(
-            {"event": message, "severity": severity, "data": data, "event_type": (data or {}).get("type", "log")}
+            {
+                "event": message,
+                "severity": severity,
+                "data": data,
+                "event_type": (data or {}).get("type", "log"),
+            }
         )
 
     def progress(self, done: float, total: float | None = None, *, message: str = "") -> None:
@@ -85,9 +91,7 @@ class TaskContext:
     # ---- persistence -----------------------------------------------------------------
     def event(self, event_type: str, message: str, *, severity: str = "INFO", **data: Any) -> None:
         """Add a typed timeline entry (``step.start``, ``provision``, ``power`` ...)."""
-        self._events.append(
-            {"event": message, "severity": severity, "data": data or None, "event_type": event_type}
-        )
+        self._events.append({"event": message, "severity": severity, "data": data or None, "event_type": event_type})
 
     def set(self, **columns: Any) -> None:
         """Change node columns on the next save."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
@@ -35,8 +36,16 @@ class DatabaseUnavailable(ServerError):
     reason = "database_unavailable"
 
 
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+#: JSON columns are (de)serialized with orjson: listing 1,000 nodes parses ~8,000 JSON values.
+JSON_ARGS: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+
+
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
-    eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **JSON_ARGS)
 
     @event.listens_for(eng, "connect")
     def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
@@ -78,7 +87,7 @@ class Database:
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg://" + url[len("postgresql://") :]
                 self.url = url
-            self.write_engine = create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+            self.write_engine = create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True, **JSON_ARGS)
             self.read_engine = self.write_engine
         self._write_sessions = sessionmaker(self.write_engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)

@@ -57,10 +57,7 @@ def needs_masking(data: dict[str, Any] | None) -> bool:
     """Cheap check used on hot paths: does ``data`` hold anything to mask?"""
     if not data:
         return False
-    for k, v in data.items():
-        if is_secret_key(k) or isinstance(v, dict):
-            return True
-    return False
+    return any(is_secret_key(k) or isinstance(v, dict) for k, v in data.items())
 
 
 class SecretBox:

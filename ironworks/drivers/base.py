@@ -182,13 +182,13 @@ class DeployInterface(Interface):
     def tear_down(self, task: Task) -> None:
         """Remove what deployment set up and power the machine off (undeploy)."""
 
-    def prepare(self, task: Task) -> None:  # noqa: B027 - optional hook
+    def prepare(self, task: Task) -> None:
         """Prepare the environment before deploy steps run (default: nothing)."""
 
-    def clean_up(self, task: Task) -> None:  # noqa: B027 - optional hook
+    def clean_up(self, task: Task) -> None:
         """Remove anything left by a deployment (default: nothing)."""
 
-    def take_over(self, task: Task) -> None:  # noqa: B027 - optional hook
+    def take_over(self, task: Task) -> None:
         """Adopt a running instance (default: nothing)."""
 
 
@@ -233,10 +233,10 @@ class ConsoleInterface(Interface):
 
     kind = "console"
 
-    def start_console(self, task: Task) -> None:  # noqa: B027 - optional
+    def start_console(self, task: Task) -> None:
         """Start the console (default: nothing)."""
 
-    def stop_console(self, task: Task) -> None:  # noqa: B027 - optional
+    def stop_console(self, task: Task) -> None:
         """Stop the console (default: nothing)."""
 
     def get_console(self, task: Task) -> dict[str, Any]:

@@ -235,8 +235,16 @@ class FakeFirmware(_FakeMixin, FirmwareInterface):
         versions = task.node.driver_internal_info.get("fake_firmware", {})
         return [{"component": c, "current_version": versions.get(c, "1.0.0")} for c in ("bios", "bmc")]
 
-    @step("clean", priority=0, args={"settings": {"description": "[{component, url}]", "required": True, "type": "array"}})
-    @step("service", priority=0, args={"settings": {"description": "[{component, url}]", "required": True, "type": "array"}})
+    @step(
+        "clean",
+        priority=0,
+        args={"settings": {"description": "[{component, url}]", "required": True, "type": "array"}},
+    )
+    @step(
+        "service",
+        priority=0,
+        args={"settings": {"description": "[{component, url}]", "required": True, "type": "array"}},
+    )
     def update(self, task: Task, settings: list[dict[str, Any]]) -> Outcome:
         """Pretend to flash each component; its version becomes 2.0.0."""
         outcome = self._step_outcome(task, "update")
@@ -261,8 +269,16 @@ class FakeBios(_FakeMixin, BiosInterface):
         values = {**self._DEFAULTS, **task.node.driver_internal_info.get("fake_bios", {})}
         return [{"name": k, "value": v} for k, v in sorted(values.items())]
 
-    @step("clean", priority=0, args={"settings": {"description": "[{name, value}]", "required": True, "type": "array"}})
-    @step("service", priority=0, args={"settings": {"description": "[{name, value}]", "required": True, "type": "array"}})
+    @step(
+        "clean",
+        priority=0,
+        args={"settings": {"description": "[{name, value}]", "required": True, "type": "array"}},
+    )
+    @step(
+        "service",
+        priority=0,
+        args={"settings": {"description": "[{name, value}]", "required": True, "type": "array"}},
+    )
     def apply_configuration(self, task: Task, settings: list[dict[str, Any]]) -> Outcome:
         """Store the given settings."""
         outcome = self._step_outcome(task, "apply_configuration")

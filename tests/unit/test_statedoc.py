@@ -53,10 +53,7 @@ def test_check_fails_on_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFix
     statedoc.write(tmp_path)
     (tmp_path / "states.dot").unlink()
     assert statedoc.main(["--check", "--docs-dir", str(tmp_path)]) == 1
-    assert (
-        f"{tmp_path / 'states.dot'} is out of date with ironworks/states.py: missing"
-        in capsys.readouterr().err
-    )
+    assert f"{tmp_path / 'states.dot'} is out of date with ironworks/states.py: missing" in capsys.readouterr().err
 
 
 def test_markdown_has_the_diagram_and_one_row_per_transition() -> None:

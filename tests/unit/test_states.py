@@ -112,11 +112,7 @@ def test_a_hold_state_waits_for_unhold_or_abort(state: State) -> None:
 @pytest.mark.parametrize("state", sorted(ACTIVE_FLOW_STATES), ids=str)
 def test_a_working_state_can_finish_and_can_fail(state: State) -> None:
     edges = _edges_from(state)
-    onward = {
-        dst
-        for ev, dst in edges.items()
-        if ev not in {E.FAIL, E.ABORT, E.TIMEOUT} and dst not in FAILURE_STATES
-    }
+    onward = {dst for ev, dst in edges.items() if ev not in {E.FAIL, E.ABORT, E.TIMEOUT} and dst not in FAILURE_STATES}
     assert onward, f"{state} has no way forward"
     # a failing flow comes to rest, so the operator can act on the node
     assert edges[E.FAIL] in STABLE_STATES
@@ -197,9 +193,7 @@ def test_an_invalid_request_names_the_state_the_action_and_what_is_allowed() -> 
 
 
 def test_an_invalid_request_on_a_busy_node_says_nothing_is_allowed() -> None:
-    with pytest.raises(
-        InvalidTransitionError, match=r'"manage".*"verifying".*actions from this state: none\.'
-    ):
+    with pytest.raises(InvalidTransitionError, match=r'"manage".*"verifying".*actions from this state: none\.'):
         advance(S.VERIFYING, E.MANAGE)
 
 

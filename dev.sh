@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Ironworks developer entry point: every step a fresh machine needs, then the command.
+#
+#   ./dev.sh serve [ARGS...]   set up, then run `ironworks serve` (SQLite, fake-hardware, 127.0.0.1:6385)
+#   ./dev.sh test  [ARGS...]   set up (system packages, venv), then lint, type-check and run every test tier
+#   ./dev.sh setup             set up only
+#
+# Environment: VENV (default .venv), PYTHON (default python3, must be >= 3.11),
+# IRONWORKS_TEST_PG_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/test).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+# Debian packages the test tiers need (none of them for the plain service).
+SYSTEM_PACKAGES=(postgresql-client)
+
+log() { printf '[dev.sh] %s\n' "$*" >&2; }
+
+system_packages() {
+    local missing=()
+    for p in "${SYSTEM_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" != 0 ]; then
+        log "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})"; exit 1
+    fi
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+venv() {
+    local extra=${1:-}
+    if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        log "$PYTHON is $("$PYTHON" --version 2>&1); Ironworks needs Python 3.11 or newer (set PYTHON=)"; exit 1
+    fi
+    [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+    # reinstall only when the project's dependencies changed
+    local stamp="$VENV/.ironworks-installed$extra" want
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        log "installing Ironworks${extra:+ with $extra} into $VENV"
+        "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v WARNING || true
+        "$VENV/bin/python" -m pip install -q -e ".${extra}" 2>&1 | grep -v -e WARNING -e '^\s*$' || true
+        "$VENV/bin/python" -c 'import ironworks' || { log "installation failed"; exit 1; }
+        echo "$want" > "$stamp"
+    fi
+}
+
+postgres_up() {
+    # the scale-out store the DB tests run against; these machines run it on 127.0.0.1:5432
+    if pg_isready -q -h 127.0.0.1 -p 5432; then return 0; fi
+    if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+        log "starting PostgreSQL"
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+    fi
+    for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && return 0; sleep 1; done
+    log "PostgreSQL is not reachable on 127.0.0.1:5432; the PostgreSQL tests need it"; exit 1
+}
+
+cmd=${1:-}; shift || true
+case "$cmd" in
+    serve)
+        venv ""
+        exec "$VENV/bin/ironworks" serve "$@"
+        ;;
+    setup)
+        system_packages; venv "[test]"
+        ;;
+    test)
+        system_packages; venv "[test]"; postgres_up
+        log "ruff"; "$VENV/bin/ruff" check ironworks tests bench
+        "$VENV/bin/ruff" format --check ironworks tests bench
+        log "mypy"; "$VENV/bin/mypy"
+        log "state diagram is current"; "$VENV/bin/python" -m ironworks.tools.statedoc --check
+        log "pytest"; exec "$VENV/bin/pytest" -p no:cacheprovider "$@"
+        ;;
+    *)
+        sed -n '2,10p' "$0"; exit 2
+        ;;
+esac

@@ -1,0 +1,1 @@
+"""The ``ironworks`` command: server entry points and operator commands."""
