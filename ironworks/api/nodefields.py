@@ -161,7 +161,10 @@ def apply_patch(node: Node, patch: Any, drivers: DriverFactory, secrets: SecretB
             raise InvalidInput(f"Patch operation {n} has an invalid path {path!r}: it must start with '/'.")
         if op.get("op") not in ("add", "replace", "remove", "test", "move", "copy"):
             raise InvalidInput(f"Patch operation {n} has an invalid op {op.get('op')!r}.")
-        for p in (path, op.get("from")):
+        frm = op.get("from")
+        if op.get("op") in ("move", "copy") and (not isinstance(frm, str) or not frm.startswith("/")):
+            raise InvalidInput(f"Patch operation {n} ({op.get('op')}) needs a 'from' path starting with '/'.")
+        for p in (path, frm if op.get("op") in ("move", "copy") else None):
             if not isinstance(p, str):
                 continue
             top = p.split("/")[1]
@@ -184,9 +187,12 @@ def apply_patch(node: Node, patch: Any, drivers: DriverFactory, secrets: SecretB
         raise InvalidInput(f"Cannot add attribute(s) {', '.join(sorted(unknown))} to a node.")
     if not result.get("driver"):
         raise InvalidInput("driver cannot be removed: a node needs a driver.")
+    for f in DICT_FIELDS:
+        if result[f] is None:
+            result[f] = {}
+    check_values(result)
     for f in ("driver_info", "instance_info"):
         result[f] = secrets.seal(_restore_masked(result[f], doc[f]))
-    check_values(result)
     changes = {
         f: v
         for f, v in result.items()

@@ -217,7 +217,9 @@ def patch_port(request: Request, ident: str, patch: list[dict[str, Any]] = Body(
             "is_smartnic": port.is_smartnic,
         }
         for op in patch:
-            top = str(op.get("path", "/")).split("/")[1] if isinstance(op, dict) else ""
+            if not isinstance(op, dict) or not str(op.get("path", "")).startswith("/"):
+                raise InvalidInput("The body must be a JSON Patch: a list of {op, path, value} with paths starting '/'.")
+            top = str(op["path"]).split("/")[1]
             if top not in PATCHABLE:
                 raise InvalidInput(f"Cannot patch port attribute {top!r}; patchable: {', '.join(sorted(PATCHABLE))}.")
         try:
