@@ -224,6 +224,7 @@ def create_app(config: Config, db: Database, drivers: DriverFactory) -> FastAPI:
 
     from ironworks.api import drivers as drivers_routes
     from ironworks.api import node_actions as node_action_routes
+    from ironworks.api import node_info as node_info_routes
     from ironworks.api import nodes as nodes_routes
     from ironworks.api import ports as ports_routes
     from ironworks.api import root as root_routes
@@ -231,6 +232,7 @@ def create_app(config: Config, db: Database, drivers: DriverFactory) -> FastAPI:
     app.include_router(root_routes.router)
     app.include_router(nodes_routes.router)
     app.include_router(node_action_routes.router)
+    app.include_router(node_info_routes.router)
     app.include_router(ports_routes.router)
     app.include_router(drivers_routes.router)
     app.add_middleware(ApiMiddleware, config=config, auth=auth)

@@ -218,7 +218,7 @@ def patch_port(request: Request, ident: str, patch: list[dict[str, Any]] = Body(
         }
         for op in patch:
             if not isinstance(op, dict) or not str(op.get("path", "")).startswith("/"):
-                raise InvalidInput("The body must be a JSON Patch: a list of {op, path, value} with paths starting '/'.")
+                raise InvalidInput("The body must be a JSON Patch: a list of {op, path, value}; paths start with '/'.")
             top = str(op["path"]).split("/")[1]
             if top not in PATCHABLE:
                 raise InvalidInput(f"Cannot patch port attribute {top!r}; patchable: {', '.join(sorted(PATCHABLE))}.")

@@ -9,38 +9,30 @@ state and the flow ends (lock released) until a ``resume`` action — a timer, a
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import time
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
 
 from ironworks import states
 from ironworks.conductor import steps as stepslib
+from ironworks.conductor.engine import STEP_KIND, FlowEngine, describe_error
 from ironworks.conductor.queue import ClaimedAction
 from ironworks.conductor.task import TaskContext
-from ironworks.config import Config
-from ironworks.db.engine import Database
-from ironworks.db.models import BiosSetting, FirmwareComponent, Port, utcnow
+from ironworks.db.models import Port, utcnow
 from ironworks.drivers.base import (
-    BiosInterface,
     BootInterface,
     DeployInterface,
-    FirmwareInterface,
     InspectInterface,
     ManagementInterface,
-    PowerInterface,
-    PowerState,
     RescueInterface,
 )
-from ironworks.drivers.registry import DriverFactory
-from ironworks.drivers.steps import Done, Failed, Hold, Outcome, Wait
-from ironworks.errors import IronworksError
+from ironworks.drivers.steps import Done, Failed, Wait
 
 LOG = logging.getLogger(__name__)
 S, E = states.State, states.Event
+
+__all__ = ["EXPECTED_STATE", "STEP_KIND", "FlowRunner", "describe_error"]
 
 #: The state a provision action expects the node in when the conductor picks it up.
 EXPECTED_STATE: dict[str, frozenset[states.State]] = {
@@ -58,45 +50,10 @@ EXPECTED_STATE: dict[str, frozenset[states.State]] = {
     "resume": states.WAIT_STATES,
     "abort": states.FAILURE_STATES | frozenset({S.ACTIVE}),
 }
-#: Flow kind of a state in which steps run.
-STEP_KIND = {
-    S.CLEANING: "clean",
-    S.CLEAN_WAIT: "clean",
-    S.DEPLOYING: "deploy",
-    S.DEPLOY_WAIT: "deploy",
-    S.SERVICING: "service",
-    S.SERVICE_WAIT: "service",
-}
 
 
-def describe_error(exc: BaseException) -> str:
-    """A message for ``last_error``: ours as written, anything else named with its type."""
-    if isinstance(exc, IronworksError):
-        return exc.message
-    return f"Unexpected {type(exc).__name__}: {exc}"
-
-
-class FlowRunner:
-    """Runs claimed actions. ``schedule(node_id, delay)`` queues a ``resume`` timer."""
-
-    def __init__(
-        self,
-        config: Config,
-        db: Database,
-        drivers: DriverFactory,
-        *,
-        hostname: str,
-        schedule: Callable[[int, float, str | None], None],
-    ) -> None:
-        self.config = config
-        self.db = db
-        self.drivers = drivers
-        self.hostname = hostname
-        self.schedule = schedule
-
-    def task(self, node_id: int, user: str | None = None) -> TaskContext:
-        """Load a node for a unit of work."""
-        return TaskContext(self.db, self.drivers, node_id, conductor=self.hostname, user=user)
+class FlowRunner(FlowEngine):
+    """Runs claimed actions: power, management and provision flows."""
 
     # ---- entry point -------------------------------------------------------------
     def run(self, action: ClaimedAction) -> dict[str, Any] | None:
@@ -118,41 +75,6 @@ class FlowRunner:
                 self.fail(task, describe_error(exc))
             return None
         raise ValueError(f"unknown action kind {action.kind!r}")
-
-    # ---- helpers -----------------------------------------------------------------------
-    def fail(self, task: TaskContext, error: str) -> None:
-        """Move the node along its ``fail`` edge with ``error`` as ``last_error``."""
-        state = S(task.node.provision_state)
-        if (state, E.FAIL) not in states.TRANSITIONS:
-            task.set(last_error=error)
-            task.save()
-            return
-        kind = STEP_KIND.get(state)
-        if kind:
-            task.set(**{f"{kind}_step": None})
-        task.node.driver_internal_info.pop("abort_after", None)
-        new = task.transition(E.FAIL, error=error, save=False)
-        if new == S.CLEAN_FAILED:
-            # like Ironic: a node that failed cleaning is not handed out until an operator looks
-            task.set(maintenance=True, fault="clean failure", maintenance_reason=error)
-        task.save()
-
-    def _power_iface(self, task: TaskContext) -> PowerInterface:
-        iface = task.driver["power"]
-        assert isinstance(iface, PowerInterface)
-        return iface
-
-    def _set_power(self, task: TaskContext, target: str, timeout: float | None = None) -> str:
-        power = self._power_iface(task)
-        timeout = timeout or self.config.conductor.power_state_change_timeout
-        if target in (PowerState.REBOOT, PowerState.SOFT_REBOOT):
-            power.reboot(task, timeout=timeout)
-        else:
-            power.set_power_state(task, target, timeout=timeout)
-        new = power.get_power_state(task)
-        task.node.power_state = new
-        task.set(power_state=new, target_power_state=None)
-        return new
 
     # ---- power and management ------------------------------------------------------
     def power(self, task: TaskContext, target: str, timeout: float | None) -> dict[str, Any]:
@@ -228,43 +150,6 @@ class FlowRunner:
                 if mac.lower() not in known:
                     s.add(Port(address=mac.lower(), node_id=task.node.id))
                     task.event("inspection", f"Port {mac} created by inspection", mac=mac)
-
-    def refresh_caches(self, task: TaskContext) -> None:
-        """Store the BIOS settings and firmware components the driver reports."""
-        bios, fw = task.driver.interfaces.get("bios"), task.driver.interfaces.get("firmware")
-        settings = bios.cache_bios_settings(task) if isinstance(bios, BiosInterface) else []
-        comps = fw.cache_firmware_components(task) if isinstance(fw, FirmwareInterface) else []
-        if not settings and not comps:
-            return
-        with self.db.write() as s:
-            existing = {
-                b.name: b for b in s.execute(select(BiosSetting).where(BiosSetting.node_id == task.node.id)).scalars()
-            }
-            for item in settings:
-                row = existing.get(item["name"])
-                if row is None:
-                    s.add(BiosSetting(node_id=task.node.id, **item))
-                else:
-                    for k, v in item.items():
-                        setattr(row, k, v)
-            known = {
-                c.component: c
-                for c in s.execute(select(FirmwareComponent).where(FirmwareComponent.node_id == task.node.id)).scalars()
-            }
-            for item in comps:
-                row2 = known.get(item["component"])
-                if row2 is None:
-                    s.add(
-                        FirmwareComponent(
-                            node_id=task.node.id,
-                            component=item["component"],
-                            initial_version=item.get("current_version"),
-                            current_version=item.get("current_version"),
-                        )
-                    )
-                elif row2.current_version != item.get("current_version"):
-                    row2.last_version_flashed = item.get("current_version")
-                    row2.current_version = item.get("current_version")
 
     def _flow_provide(self, task: TaskContext, args: dict[str, Any]) -> None:
         self._start_cleaning(task, manual=None)
@@ -366,145 +251,3 @@ class FlowRunner:
             self._flow_rescue(task, {})
         else:
             self._run_steps(task, STEP_KIND[wait_state])
-
-    # ---- the steps engine ----------------------------------------------------------------
-    def _begin_steps(self, task: TaskContext, kind: str, plan: list[dict[str, Any]]) -> None:
-        info = task.node.driver_internal_info
-        info[f"{kind}_steps"] = plan
-        info[f"{kind}_step_index"] = 0
-        for key in ("abort_after", "wait_until", "held", "step_started_at"):
-            info.pop(key, None)
-
-    def _call_step(self, task: TaskContext, step: dict[str, Any]) -> Outcome:
-        name, iface, args = step["step"], step["interface"], step.get("args") or {}
-        info = task.node.driver_internal_info
-        if name == "wait" and name in stepslib.RESERVED:
-            until = info.get("wait_until")
-            if until is None:
-                seconds = float(args.get("seconds", 0))
-                info["wait_until"] = time.time() + seconds
-                return Wait(poll_after=seconds, reason=f"wait step: {seconds:g}s") if seconds else Done()
-            if time.time() >= until:
-                info.pop("wait_until", None)
-                return Done()
-            return Wait(poll_after=max(0.0, until - time.time()))
-        if name == "hold":
-            if info.pop("held", False):
-                return Done()
-            info["held"] = True
-            return Hold("hold step")
-        if iface == "power" and name in ("power_on", "power_off", "reboot"):
-            target = {"power_on": PowerState.ON, "power_off": PowerState.OFF, "reboot": PowerState.REBOOT}[name]
-            self._set_power(task, target)
-            return Done()
-        impl = task.driver.interfaces[iface]
-        result = getattr(impl, name)(task, **args)
-        return Done() if result is None else result
-
-    def _run_steps(self, task: TaskContext, kind: str) -> None:
-        info = task.node.driver_internal_info
-        plan: list[dict[str, Any]] = info.get(f"{kind}_steps") or []
-        index = int(info.get(f"{kind}_step_index", 0))
-        while index < len(plan):
-            step = plan[index]
-            label = f"{step['interface']}.{step['step']}"
-            if "step_started_at" not in info:
-                info["step_started_at"] = time.time()
-                task.set(**{f"{kind}_step": {k: step[k] for k in ("interface", "step", "args", "priority")}})
-                task.event(
-                    "step.start",
-                    f"Started {kind} step {label}",
-                    kind=kind,
-                    step=label,
-                    args=task.masked(step.get("args")),
-                )
-                task.save()
-            try:
-                outcome = self._call_step(task, step)
-            except Exception as exc:
-                outcome = Failed("exception", describe_error(exc))
-            if isinstance(outcome, Wait):
-                self._wait(task, outcome)
-                return
-            if isinstance(outcome, Hold):
-                task.event(
-                    "step.hold",
-                    f"{kind} step {label} holds the node: {outcome.reason}",
-                    kind=kind,
-                    step=label,
-                )
-                task.transition(E.HOLD)
-                return
-            duration = round(time.time() - float(info.pop("step_started_at", time.time())), 3)
-            info.pop("progress", None)
-            if isinstance(outcome, Failed):
-                msg = f"{kind.capitalize()} step {label} failed: {outcome.message}"
-                task.event(
-                    "step.end",
-                    msg,
-                    severity="ERROR",
-                    kind=kind,
-                    step=label,
-                    outcome="failed",
-                    reason=outcome.reason,
-                    duration_s=duration,
-                )
-                self.fail(task, msg)
-                return
-            task.event(
-                "step.end",
-                f"Finished {kind} step {label} in {duration:g}s",
-                kind=kind,
-                step=label,
-                outcome="done",
-                duration_s=duration,
-            )
-            index += 1
-            info[f"{kind}_step_index"] = index
-            if info.pop("abort_after", False):
-                self._abort_after(task, kind, label)
-                return
-        self._finish_steps(task, kind)
-
-    def _abort_after(self, task: TaskContext, kind: str, label: str) -> None:
-        task.set(**{f"{kind}_step": None})
-        msg = f"{kind.capitalize()} aborted by the operator after step {label} finished."
-        state = S(task.node.provision_state)
-        if (state, E.FAIL) in states.TRANSITIONS:
-            task.transition(E.FAIL, error=msg)
-        else:
-            task.set(last_error=msg)
-            task.save()
-
-    def _finish_steps(self, task: TaskContext, kind: str) -> None:
-        info = task.node.driver_internal_info
-        for key in (f"{kind}_steps", f"{kind}_step_index"):
-            info.pop(key, None)
-        task.set(**{f"{kind}_step": None})
-        if kind == "clean":
-            event = E.MANAGE if task.target == S.MANAGEABLE.value else E.DONE
-            if task.db_node.fault == "clean failure":
-                task.set(maintenance=False, fault=None, maintenance_reason=None)
-        else:
-            event = E.DONE
-        if kind == "deploy":
-            boot = task.driver["boot"]
-            assert isinstance(boot, BootInterface)
-            boot.prepare_instance(task)
-        if kind in ("clean", "service"):
-            self.refresh_caches(task)
-        task.transition(event)
-
-    def _wait(self, task: TaskContext, outcome: Wait) -> None:
-        state = S(task.node.provision_state)
-        if state in states.ACTIVE_FLOW_STATES:
-            task.transition(E.WAIT)
-        else:
-            task.save()
-        if outcome.poll_after is not None:
-            self.schedule(task.node.id, outcome.poll_after, task.user)
-
-
-def wait_deadline(seconds: float) -> dt.datetime:
-    """When a wait of ``seconds`` started now ends (naive UTC)."""
-    return utcnow() + dt.timedelta(seconds=seconds)
