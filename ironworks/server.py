@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 from ironworks.config import Config
-from ironworks.db.engine import Database
+from ironworks.db.engine import Database, DatabaseUnavailable
 from ironworks.db.secrets import SecretBox, load_or_create_key
 from ironworks.drivers.registry import DriverFactory
 
@@ -37,12 +39,28 @@ def build(config: Config, *, upgrade: bool = False) -> Runtime:
     """Open the database (migrating it when ``upgrade``), load the secret key, enable the drivers."""
     key = load_or_create_key(config.state_path, config.database.secret_key)
     db = Database(config.database_url, secrets=SecretBox(key))
-    if upgrade:
-        db.upgrade()
-    else:
-        db.check_schema()
+    if upgrade and db.current_revision() != db.head_revision():
+        migrate_in_child(config)
+    db.check_schema()
     drivers = DriverFactory(config.conductor.enabled_hardware_types, config)
     return Runtime(config, db, drivers)
+
+
+def migrate_in_child(config: Config) -> None:
+    """Run the schema migrations in a short-lived child process.
+
+    Alembic and Mako cost a long-running server ~13 MiB that it never uses again; a child returns
+    that memory to the system when it exits.
+    """
+    import subprocess
+
+    # the URL may hold a database password: pass it in the environment, not on the command line
+    env = {**os.environ, "IRONWORKS_MIGRATE_URL": config.database_url}
+    done = subprocess.run(
+        [sys.executable, "-m", "ironworks.db.migrate"], env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise DatabaseUnavailable(f"Migrating the database failed: {done.stderr.strip()[-2000:]}")
 
 
 def make_conductor(rt: Runtime) -> Any:
@@ -57,6 +75,16 @@ def make_app(rt: Runtime) -> Any:
     from ironworks.api.app import create_app
 
     return create_app(rt.config, rt.db, rt.drivers)
+
+
+def freeze_heap() -> None:
+    """Move everything allocated at start-up out of the garbage collector's view.
+
+    About 130,000 objects from imports would otherwise be walked by every full collection (~40 ms
+    each, which showed as the p99 of large listings); they live as long as the process anyway.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def run_uvicorn(app: Any, config: Config) -> None:

@@ -17,7 +17,9 @@ from ironworks.api.serialize import (
     NODE_FIELDS,
     NODE_LIST_FIELDS,
     NodeContext,
+    columns_for,
     node_to_dict,
+    nodes_to_dicts,
     select_fields,
 )
 from ironworks.db.models import Node, NodeEvent
@@ -220,7 +222,8 @@ def _list(
     if sort_key not in sortable:
         raise InvalidInput(f"Cannot sort on {sort_key!r}; sortable fields: {', '.join(sorted(sortable))}.")
     col = getattr(Node, sort_key)
-    stmt = _filters(select(Node.__table__), request)
+    columns = columns_for(names)
+    stmt = _filters(select(*[getattr(Node, c) for c in columns]), request)
     with ctx.db.read() as s:
         if marker:
             mrow = s.execute(select(Node.id, col).where(Node.uuid == marker)).first()
@@ -237,7 +240,7 @@ def _list(
             order.append(Node.id.asc())
         rows = s.execute(stmt.order_by(*order).limit(page)).all()
     rc = render_ctx(request, ctx)
-    items = [node_to_dict(r, names, rc) for r in rows]
+    items = nodes_to_dicts(rows, columns, names, rc)
     out: dict[str, Any] = {"nodes": items}
     if len(rows) == page and rows:
         params = [f"limit={page}", f"marker={rows[-1].uuid}"]

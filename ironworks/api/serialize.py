@@ -5,7 +5,8 @@ version-gated fields and ``?fields=`` selection.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ironworks.api import versions
@@ -171,6 +172,61 @@ class NodeContext:
 def select_fields(requested: list[str] | None, default: list[str], version: tuple[int, int]) -> list[str]:
     """The fields to render: ``?fields=`` (checked by the caller) or the default, gated by version."""
     return versions.node_fields_for(version, requested if requested is not None else default)
+
+
+#: Node fields that are not columns (constant or computed).
+VIRTUAL_NODE_FIELDS = frozenset({"conductor", "raid_config", "target_raid_config", "allocation_uuid"})
+
+
+def columns_for(fields: Iterable[str]) -> list[str]:
+    """The node columns needed to render ``fields`` (plus what links and defaults need)."""
+    cols = [f for f in fields if f not in VIRTUAL_NODE_FIELDS]
+    return list(dict.fromkeys([*cols, "uuid", "driver"]))
+
+
+def nodes_to_dicts(
+    rows: Sequence[Any], columns: list[str], fields: list[str], ctx: NodeContext
+) -> list[dict[str, Any]]:
+    """Many nodes on the wire, fast: ``rows`` are tuples of ``columns`` (from ``columns_for``).
+
+    Listing 1,000 nodes in detail renders 61,000 values; plain columns are copied with one C-level
+    ``itemgetter`` per row and only the few fields that need work (timestamps, masking, defaults,
+    the owning conductor) are touched one by one.
+    """
+    pos = {c: i for i, c in enumerate(columns)}
+    plain = [f for f in fields if f in pos and f not in _MASKED_DICTS and f not in _DATES]
+    getter = operator.itemgetter(*[pos[f] for f in plain]) if plain else None
+    dates = [(f, pos[f]) for f in fields if f in _DATES]
+    masked = [(f, pos[f]) for f in fields if f in _MASKED_DICTS]
+    ifaces = [f for f in plain if f in _INTERFACE_FIELDS]
+    constants: dict[str, Any] = {
+        f: ({} if f.endswith("raid_config") else None) for f in fields if f in VIRTUAL_NODE_FIELDS
+    }
+    with_conductor = "conductor" in fields
+    uuid_i, driver_i = pos["uuid"], pos["driver"]
+    base = f"{ctx.base}/v1/nodes/"
+    bookmark = f"{ctx.base}/nodes/"
+    out = []
+    for r in rows:
+        values = getter(r) if getter is not None else ()
+        d = dict(zip(plain, values if len(plain) > 1 else (values,), strict=True)) if plain else {}
+        for f, i in dates:
+            v = r[i]
+            d[f] = None if v is None else v.isoformat() + "+00:00"
+        for f, i in masked:
+            v = r[i]
+            d[f] = mask(v) if needs_masking(v) else (v or {})
+        for f in ifaces:
+            if d[f] is None:
+                d[f] = ctx.default_interface(r[driver_i], f) or _DEFAULT_NETWORKISH.get(f)
+        if constants:
+            d.update(constants)
+        uuid = r[uuid_i]
+        if with_conductor:
+            d["conductor"] = ctx.conductor_of(uuid)
+        d["links"] = [{"href": base + uuid, "rel": "self"}, {"href": bookmark + uuid, "rel": "bookmark"}]
+        out.append(d)
+    return out
 
 
 def node_to_dict(row: Any, fields: Iterable[str], ctx: NodeContext, *, detail_links: bool = False) -> dict[str, Any]:

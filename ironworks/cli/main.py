@@ -71,6 +71,7 @@ def serve(config: ConfigOpt = None, state_dir: StateOpt = None, host: HostOpt = 
         f"auth: {cfg.api.auth_strategy}, drivers: {', '.join(rt.drivers.enabled)})",
         err=True,
     )
+    server.freeze_heap()
     try:
         server.run_uvicorn(app_, cfg)
     finally:
@@ -93,6 +94,7 @@ def api(config: ConfigOpt = None, state_dir: StateOpt = None, host: HostOpt = No
     except IronworksError as exc:
         _fail(exc)
         return
+    server.freeze_heap()
     server.run_uvicorn(app_, cfg)
 
 
@@ -170,9 +172,12 @@ def _mount_operator_commands() -> None:
     app.add_typer(port_app, name="port", help="Manage ports.")
 
 
-_mount_operator_commands()
+SERVER_COMMANDS = frozenset({"serve", "api", "conductor", "db", "htpasswd"})
 
 
 def main() -> None:
     """Entry point of the ``ironworks`` command."""
+    # a server process does not need the operator commands (and their HTTP client) in memory
+    if len(sys.argv) < 2 or sys.argv[1] not in SERVER_COMMANDS:
+        _mount_operator_commands()
     app()

@@ -334,3 +334,15 @@ def test_boot_device_and_validate(harness: Harness) -> None:
     assert patched.status_code == 200, patched.text
     result = c.get(f"/v1/nodes/{u}/validate").json()
     assert result["inspect"]["result"] is False and "no inspect interface" in result["inspect"]["reason"]
+
+
+def test_list_and_show_render_a_node_identically(harness: Harness) -> None:
+    node = harness.create_node(name="same", driver_info={"ipmi_password": "x", "a": {"token": 1}})
+    harness.provision(node["uuid"], "manage")
+    shown = harness.client.get(f"/v1/nodes/{node['uuid']}").json()
+    listed = harness.client.get("/v1/nodes/detail").json()["nodes"][0]
+    for extra in ("ports", "portgroups", "states", "volume"):
+        shown.pop(extra)
+    assert listed == shown
+    assert listed["driver_info"] == {"ipmi_password": "******", "a": {"token": "******"}}
+    assert listed["conductor"] == "conductor-test"

@@ -79,3 +79,14 @@ def test_key_created_once_with_private_mode(tmp_path: Path) -> None:
     assert (tmp_path / "state" / "secret.key").stat().st_mode & 0o777 == 0o600
     assert load_or_create_key(tmp_path / "state") == key
     assert load_or_create_key(tmp_path / "state", "configured") == "configured"
+
+
+def test_schema_head_constant_matches_migrations() -> None:
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    from ironworks.db.engine import MIGRATIONS_DIR, SCHEMA_HEAD
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == SCHEMA_HEAD
