@@ -70,11 +70,13 @@ def make_conductor(rt: Runtime) -> Any:
     return ConductorService(rt.config, rt.db, rt.drivers)
 
 
-def make_app(rt: Runtime) -> Any:
-    """The ASGI app for ``rt``."""
+def make_app(rt: Runtime, conductor: Any = None) -> Any:
+    """The ASGI app for ``rt``; with ``conductor``, the app starts and stops it in its lifespan."""
     from ironworks.api.app import create_app
 
-    return create_app(rt.config, rt.db, rt.drivers)
+    if conductor is None:
+        return create_app(rt.config, rt.db, rt.drivers)
+    return create_app(rt.config, rt.db, rt.drivers, on_startup=conductor.start, on_shutdown=conductor.stop)
 
 
 def freeze_heap() -> None:

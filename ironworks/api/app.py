@@ -7,10 +7,13 @@ answers. It never talks to hardware.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
 import time
 import uuid as uuidlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,8 +182,19 @@ def base_url(request: Request, config: Config) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def create_app(config: Config, db: Database, drivers: DriverFactory) -> FastAPI:
-    """Build the API application."""
+def create_app(
+    config: Config,
+    db: Database,
+    drivers: DriverFactory,
+    *,
+    on_startup: Callable[[], None] | None = None,
+    on_shutdown: Callable[[], None] | None = None,
+) -> FastAPI:
+    """Build the API application; ``on_startup``/``on_shutdown`` run in its lifespan.
+
+    ``ironworks serve`` starts and stops its conductor there: uvicorn re-raises SIGTERM once it
+    returns, so code after ``uvicorn.run`` would never run on ``systemctl stop``.
+    """
     if config.api.auth_strategy not in ("noauth", "http_basic"):
         raise errors.ConfigError(
             f"Unknown [api] auth_strategy {config.api.auth_strategy!r}: use 'noauth' or 'http_basic'."
@@ -191,7 +205,18 @@ def create_app(config: Config, db: Database, drivers: DriverFactory) -> FastAPI:
             raise errors.ConfigError("[api] auth_strategy = http_basic needs [api] htpasswd = PATH.")
         auth = HtpasswdAuth(config.api.htpasswd)
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if on_startup is not None:
+            on_startup()
+        try:
+            yield
+        finally:
+            if on_shutdown is not None:
+                await asyncio.to_thread(on_shutdown)  # lets running work finish without blocking the loop
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Ironworks Bare Metal API",
         version=__version__,
         description="OpenStack Ironic Bare Metal API v1 (the subset Ironworks serves), plus the agent API.",

@@ -61,21 +61,17 @@ def serve(config: ConfigOpt = None, state_dir: StateOpt = None, host: HostOpt = 
         check_listen_policy(cfg)
         rt = server.build(cfg, upgrade=True)
         conductor = server.make_conductor(rt)
-        app_ = server.make_app(rt)
+        app_ = server.make_app(rt, conductor)  # the app's lifespan starts and stops the conductor
     except IronworksError as exc:
         _fail(exc)
         return
-    conductor.start()
     typer.echo(
         f"Ironworks on http://{cfg.api.host}:{cfg.api.port} (state: {cfg.state_dir}, database: {rt.db.safe_url}, "
         f"auth: {cfg.api.auth_strategy}, drivers: {', '.join(rt.drivers.enabled)})",
         err=True,
     )
     server.freeze_heap()
-    try:
-        server.run_uvicorn(app_, cfg)
-    finally:
-        conductor.stop()
+    server.run_uvicorn(app_, cfg)
 
 
 @app.command()
