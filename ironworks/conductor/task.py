@@ -40,6 +40,7 @@ class TaskContext:
         self.conductor = conductor
         self.user = user
         self._events: list[dict[str, Any]] = []
+        self._last_progress: tuple[int | None, str] | None = None
         with db.read() as s:
             row = s.get(Node, node_id)
             if row is None:
@@ -83,9 +84,26 @@ class TaskContext:
         )
 
     def progress(self, done: float, total: float | None = None, *, message: str = "") -> None:
-        """Record progress of the current step into ``driver_internal_info`` and save it now."""
-        info: dict[str, Any] = {"done": done, "total": total, "message": message, "at": utcnow().isoformat()}
+        """Record progress of the current step and save it now (the API shows it at once).
+
+        It is kept in ``driver_internal_info["progress"]``; a timeline entry is added each time the
+        message changes or another tenth of the total is done, so a long image write leaves ten
+        entries, not thousands.
+        """
+        pct = round(100.0 * done / total, 1) if total else None
+        info: dict[str, Any] = {
+            "done": done,
+            "total": total,
+            "percent": pct,
+            "message": message,
+            "at": utcnow().isoformat(),
+        }
         self.node.driver_internal_info["progress"] = info
+        mark = (int(pct // 10) if pct is not None else None, message)
+        if mark != self._last_progress:
+            self._last_progress = mark
+            text = f"{message or 'Progress'}: " + (f"{pct:g}%" if pct is not None else f"{done:g}")
+            self.event("step.progress", text, done=done, total=total, percent=pct)
         self.save()
 
     # ---- persistence -----------------------------------------------------------------

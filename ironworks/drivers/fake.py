@@ -181,8 +181,11 @@ class FakeDeploy(_FakeMixin, DeployInterface):
 
     @step("deploy", priority=100)
     def deploy(self, task: Task) -> Outcome:
-        """Pretend to write the image."""
-        return self._step_outcome(task, "deploy")
+        """Pretend to write the image (reporting half of it written while it waits)."""
+        outcome = self._step_outcome(task, "deploy")
+        if isinstance(outcome, Wait):
+            task.progress(512, 1024, message="writing image")
+        return outcome
 
     def tear_down(self, task: Task) -> None:
         """Pretend to remove the instance."""

@@ -115,6 +115,9 @@ def test_deploy_with_slow_fake_waits_then_completes(tmp_path: Path) -> None:
         assert wait_until_state(h, node["uuid"], "available")["provision_state"] == "available"
         n = h.provision(node["uuid"], "active")
         assert n["provision_state"] == "wait call-back" and n["deploy_step"]["step"] == "deploy"
+        assert n["driver_internal_info"]["progress"]["percent"] == 50.0  # visible while it runs
+        progress = [e for e in history(h, node["uuid"]) if e["event_type"] == "step.progress"]
+        assert progress and progress[-1]["event"] == "writing image: 50%"
         n = wait_until_state(h, node["uuid"], "active")
         assert n["provision_state"] == "active"
     finally:
@@ -258,3 +261,14 @@ def test_many_nodes_deploy_concurrently(harness: Harness) -> None:
         harness.drain()
         states = {n["provision_state"] for n in harness.client.get("/v1/nodes?limit=100").json()["nodes"]}
         assert states == {state}
+
+
+def test_progress_is_recorded_without_flooding_the_timeline(sqlite_harness: Harness) -> None:
+    h = sqlite_harness
+    node = h.create_node()
+    task = h.conductor.flows.task(1)
+    for done in range(0, 1001, 7):
+        task.progress(done, 1000, message="writing image")
+    entries = [e for e in history(h, node["uuid"]) if e["event_type"] == "step.progress"]
+    assert 10 <= len(entries) <= 11
+    assert h.node(node["uuid"])["driver_internal_info"]["progress"]["done"] == 994
