@@ -15,6 +15,12 @@
     └── ServerError                 something outside the request failed
         ├── DriverError             a driver operation failed (BMC, agent, image ...)
         │   └── BmcError            the BMC refused, timed out or could not be reached
+        │       ├── BmcAuthFailed       wrong credentials: fix driver_info
+        │       ├── BmcUnreachable      no answer / connection refused / DNS: check address, network
+        │       ├── BmcTlsError         certificate verification failed: check *_verify_ca
+        │       ├── BmcTimeout          the BMC did not reach the requested state in time
+        │       ├── BmcUnsupported      the BMC does not offer this operation
+        │       └── BmcRequestFailed    the BMC answered with an error (4xx/5xx)
         └── ConfigError             the configuration is invalid
 
 Every error carries keyword context (``node=...``, ``field=...``) that is kept out of the message
@@ -119,6 +125,42 @@ class BmcError(DriverError):
     """The BMC refused, timed out, or could not be reached."""
 
     reason = "bmc_error"
+
+
+class BmcAuthFailed(BmcError):
+    """The BMC rejected the credentials."""
+
+    reason = "bmc_auth_failed"
+
+
+class BmcUnreachable(BmcError):
+    """The BMC did not answer (refused, timed out, unknown host)."""
+
+    reason = "bmc_unreachable"
+
+
+class BmcTlsError(BmcError):
+    """TLS to the BMC failed (certificate verification)."""
+
+    reason = "bmc_tls_error"
+
+
+class BmcTimeout(BmcError):
+    """The BMC did not reach the requested state within the timeout."""
+
+    reason = "bmc_timeout"
+
+
+class BmcUnsupported(BmcError):
+    """The BMC does not support the requested operation."""
+
+    reason = "bmc_unsupported"
+
+
+class BmcRequestFailed(BmcError):
+    """The BMC answered a request with an error status."""
+
+    reason = "bmc_request_failed"
 
 
 class ConfigError(ServerError):
