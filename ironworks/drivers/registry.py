@@ -27,25 +27,34 @@ class HardwareType:
 
 
 @functools.cache
-def _interface_classes() -> dict[str, type[Interface]]:
-    out: dict[str, type[Interface]] = {}
-    for ep in entry_points(group="ironworks.interfaces"):
-        out[ep.name] = ep.load()
-    return out
+def _entry_points(group: str) -> dict[str, Any]:
+    """Entry points of ``group`` by name, not loaded: a broken or heavy plugin costs nothing unused."""
+    return {ep.name: ep for ep in entry_points(group=group)}
 
 
 @functools.cache
-def hardware_types() -> dict[str, type[HardwareType]]:
-    """Every installed hardware type by name."""
-    return {ep.name: ep.load() for ep in entry_points(group="ironworks.hardware_types")}
+def _load(group: str, name: str) -> Any:
+    return _entry_points(group)[name].load()
+
+
+def hardware_type_names() -> list[str]:
+    """Every installed hardware type's name."""
+    return sorted(_entry_points("ironworks.hardware_types"))
+
+
+def hardware_type_class(name: str) -> type[HardwareType]:
+    """The installed hardware type ``name`` (loaded on first use)."""
+    cls: type[HardwareType] = _load("ironworks.hardware_types", name)
+    return cls
 
 
 def interface_class(kind: str, name: str) -> type[Interface]:
     """The implementation class registered as ``<kind>.<name>``."""
-    try:
-        return _interface_classes()[f"{kind}.{name}"]
-    except KeyError:
-        raise NotFound(f"No {kind} interface named {name!r} is installed.") from None
+    key = f"{kind}.{name}"
+    if key not in _entry_points("ironworks.interfaces"):
+        raise NotFound(f"No {kind} interface named {name!r} is installed.")
+    cls: type[Interface] = _load("ironworks.interfaces", key)
+    return cls
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +72,15 @@ class DriverFactory:
     """Builds ``Driver``s for nodes from the enabled hardware types; instances are cached."""
 
     def __init__(self, enabled: list[str], config: Any = None) -> None:
-        installed = hardware_types()
+        installed = hardware_type_names()
         missing = [n for n in enabled if n not in installed]
         if missing:
             raise NotFound(
                 f"Enabled hardware type(s) {', '.join(missing)} are not installed; installed: "
-                f"{', '.join(sorted(installed))}."
+                f"{', '.join(installed)}."
             )
+        for name in enabled:
+            hardware_type_class(name)  # fail at start-up, not on the first request, if it is broken
         self.enabled = list(enabled)
         self.config = config
         self._instances: dict[tuple[str, str], Interface] = {}
@@ -81,7 +92,7 @@ class DriverFactory:
                 f"Driver {driver!r} is not enabled; enabled drivers: {', '.join(self.enabled)}. "
                 "Set [conductor] enabled_hardware_types to enable it."
             )
-        return hardware_types()[driver]
+        return hardware_type_class(driver)
 
     def resolve_names(self, driver: str, requested: dict[str, str | None]) -> dict[str, str]:
         """Interface names per kind for a node: requested ones checked, the rest defaulted."""
