@@ -26,11 +26,21 @@ class Runtime:
     drivers: DriverFactory
 
 
-def setup_logging(level: str) -> None:
-    """Log to stderr with timestamps; secrets never reach log records (see ironworks.db.secrets)."""
+def setup_logging(level: str, *, state_dir: str | None = None, name: str = "ironworks") -> None:
+    """Log to stderr and, with ``state_dir``, to ``<state_dir>/logs/<name>.log`` (rotated, 5 x 10 MiB).
+
+    Secrets never reach log records: drivers see them, messages name fields, not values.
+    """
+    from logging.handlers import RotatingFileHandler
+
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if state_dir:
+        logs = os.path.join(state_dir, "logs")
+        os.makedirs(logs, exist_ok=True)
+        handlers.append(RotatingFileHandler(os.path.join(logs, f"{name}.log"), maxBytes=10 << 20, backupCount=5))
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        stream=sys.stderr,
+        handlers=handlers,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 

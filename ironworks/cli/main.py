@@ -56,7 +56,7 @@ def serve(config: ConfigOpt = None, state_dir: StateOpt = None, host: HostOpt = 
     from ironworks.errors import IronworksError
 
     cfg = _load(config, state_dir, host, port)
-    server.setup_logging(cfg.log_level)
+    server.setup_logging(cfg.log_level, state_dir=cfg.state_dir, name="serve")
     try:
         check_listen_policy(cfg)
         rt = server.build(cfg, upgrade=True)
@@ -82,7 +82,7 @@ def api(config: ConfigOpt = None, state_dir: StateOpt = None, host: HostOpt = No
     from ironworks.errors import IronworksError
 
     cfg = _load(config, state_dir, host, port)
-    server.setup_logging(cfg.log_level)
+    server.setup_logging(cfg.log_level, state_dir=cfg.state_dir, name="api")
     try:
         check_listen_policy(cfg)
         rt = server.build(cfg)
@@ -101,7 +101,7 @@ def conductor(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     from ironworks.errors import IronworksError
 
     cfg = _load(config, state_dir)
-    server.setup_logging(cfg.log_level)
+    server.setup_logging(cfg.log_level, state_dir=cfg.state_dir, name="conductor")
     try:
         rt = server.build(cfg)
         svc = server.make_conductor(rt)

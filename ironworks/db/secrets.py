@@ -129,7 +129,7 @@ def load_or_create_key(state_dir: Path, configured: str = "") -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # it holds the key and the database
     key = SecretBox.generate_key()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

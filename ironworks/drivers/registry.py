@@ -76,8 +76,7 @@ class DriverFactory:
         missing = [n for n in enabled if n not in installed]
         if missing:
             raise NotFound(
-                f"Enabled hardware type(s) {', '.join(missing)} are not installed; installed: "
-                f"{', '.join(installed)}."
+                f"Enabled hardware type(s) {', '.join(missing)} are not installed; installed: {', '.join(installed)}."
             )
         for name in enabled:
             hardware_type_class(name)  # fail at start-up, not on the first request, if it is broken
