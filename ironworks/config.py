@@ -58,6 +58,8 @@ class ConductorConfig:
     #: seconds between wake-up checks of the action queue when nothing wakes the conductor
     poll_interval: float = 1.0
     power_sync_interval: float = 60.0
+    #: BMC reads of one power-sync pass that run at once
+    power_sync_workers: int = 8
     #: consecutive failed power syncs before maintenance is set with fault "power failure"
     power_sync_max_failures: int = 3
     #: True: force the recorded power state onto the hardware; False: record what the BMC says

@@ -19,8 +19,8 @@ from ironworks.conductor import steps as stepslib
 from ironworks.conductor.task import TaskContext
 from ironworks.config import Config
 from ironworks.db.engine import Database
-from ironworks.db.models import BiosSetting, FirmwareComponent
-from ironworks.drivers.base import BiosInterface, BootInterface, FirmwareInterface, PowerInterface, PowerState
+from ironworks.db.models import BiosSetting, FirmwareComponent, Node
+from ironworks.drivers.base import BiosInterface, BootInterface, FirmwareInterface, PortView, PowerInterface, PowerState
 from ironworks.drivers.registry import DriverFactory
 from ironworks.drivers.steps import Done, Failed, Hold, Outcome, Wait
 from ironworks.errors import IronworksError
@@ -64,9 +64,11 @@ class FlowEngine:
         self.hostname = hostname
         self.schedule = schedule
 
-    def task(self, node_id: int, user: str | None = None) -> TaskContext:
-        """Load a node for a unit of work."""
-        return TaskContext(self.db, self.drivers, node_id, conductor=self.hostname, user=user)
+    def task(
+        self, node_id: int, user: str | None = None, *, preloaded: tuple[Node, list[PortView]] | None = None
+    ) -> TaskContext:
+        """Load a node for a unit of work (``preloaded``: a row and ports already read)."""
+        return TaskContext(self.db, self.drivers, node_id, conductor=self.hostname, user=user, preloaded=preloaded)
 
     # ---- helpers -----------------------------------------------------------------------
     def fail(self, task: TaskContext, error: str) -> None:

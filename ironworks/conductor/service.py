@@ -17,7 +17,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from sqlalchemy import select, update
@@ -57,6 +57,9 @@ class ConductorService:
         self.hostname = self.cc.hostname
         self.flows = FlowRunner(config, db, drivers, hostname=self.hostname, schedule=self._schedule_resume)
         self.pool = ThreadPoolExecutor(max_workers=self.cc.workers, thread_name_prefix="ironworks-worker")
+        self._sync_pool = ThreadPoolExecutor(
+            max_workers=self.cc.power_sync_workers, thread_name_prefix="ironworks-power-sync"
+        )
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._busy = 0
@@ -93,6 +96,7 @@ class ConductorService:
         self._stop.set()
         self._wake.set()
         self.pool.shutdown(wait=True)
+        self._sync_pool.shutdown(wait=True)
         with self.db.write() as s:
             s.execute(update(ConductorRow).where(ConductorRow.hostname == self.hostname).values(online=False))
         LOG.info("conductor %s stopped", self.hostname)
@@ -280,71 +284,89 @@ class ConductorService:
                 LOG.exception("power sync failed")
 
     def sync_power_states(self) -> int:
-        """Compare each owned, unlocked node's power state with its BMC's; return nodes checked."""
+        """One pass over the owned nodes; returns how many were checked.
+
+        Reading a power state takes a BMC round trip and changes nothing, so the reads run in
+        parallel (``power_sync_workers``) without the node lock, from one batch query; only a node
+        whose state differs, or whose BMC failed, is locked and written.
+        """
         with self.db.read() as s:
-            rows = s.execute(
-                select(Node.id, Node.uuid, Node.maintenance, Node.fault, Node.provision_state).where(
-                    Node.reservation.is_(None)
+            rows = (
+                s.execute(
+                    select(Node).where(
+                        Node.reservation.is_(None),
+                        Node.target_power_state.is_(None),
+                        Node.provision_state != S.ENROLL.value,
+                    )
                 )
-            ).all()
+                .scalars()
+                .all()
+            )
+        todo = [r for r in rows if self.owns(r.uuid) and not (r.maintenance and r.fault != "power failure")]
         checked = 0
-        for row in rows:
+        futures = {self._sync_pool.submit(self._read_power, row): row for row in todo}
+        for fut in as_completed(futures):
             if self._stop.is_set():
                 break
-            if not self.owns(row.uuid):
-                continue
-            if row.maintenance and row.fault != "power failure":
-                continue
-            if row.provision_state in (S.ENROLL.value,):
-                continue
+            row = futures[fut]
             try:
-                with locks.node_lock(self.db, row.id, holder=self.hostname, purpose="power sync"):
-                    self._sync_one(row.id)
-                    checked += 1
+                self._apply_power(row, *fut.result())
+                checked += 1
             except NodeLocked:
                 continue
             except Exception:
                 LOG.exception("power sync of node %s failed", row.uuid)
         return checked
 
-    def _sync_one(self, node_id: int) -> None:
-        task = self.flows.task(node_id)
+    def _read_power(self, row: Node) -> tuple[str | None, BaseException | None]:
+        task = self.flows.task(row.id, preloaded=(row, []))
         power = task.driver["power"]
         assert isinstance(power, PowerInterface)
-        recorded = task.node.power_state
         try:
-            actual = power.get_power_state(task)
-        except Exception as exc:
-            count = self._power_failures.get(node_id, 0) + 1
-            self._power_failures[node_id] = count
+            return power.get_power_state(task), None
+        except Exception as exc:  # the BMC's trouble is data here, counted below
+            return None, exc
+
+    def _apply_power(self, row: Node, actual: str | None, error: BaseException | None) -> None:
+        if error is not None:
+            count = self._power_failures.get(row.id, 0) + 1
+            self._power_failures[row.id] = count
             limit = self.cc.power_sync_max_failures
-            msg = f"Power state sync failed ({count}/{limit}): {describe_error(exc)}"
-            LOG.warning("node %s: %s", task.node.uuid, msg)
-            if count >= limit and not task.db_node.maintenance:
+            msg = f"Power state sync failed ({count}/{limit}): {describe_error(error)}"
+            LOG.warning("node %s: %s", row.uuid, msg)
+            if count >= limit and not row.maintenance:
                 reason = (
-                    f"Power state could not be read {count} times in a row: {describe_error(exc)} "
+                    f"Power state could not be read {count} times in a row: {describe_error(error)} "
                     "Check the BMC address and credentials; maintenance is cleared when it answers again."
                 )
-                task.set(maintenance=True, fault="power failure", maintenance_reason=reason, last_error=msg)
-                task.event("maintenance", f"Maintenance set: {reason}", severity="ERROR")
-                task.save()
+                with locks.node_lock(self.db, row.id, holder=self.hostname, purpose="power sync"):
+                    task = self.flows.task(row.id)
+                    task.set(maintenance=True, fault="power failure", maintenance_reason=reason, last_error=msg)
+                    task.event("maintenance", f"Maintenance set: {reason}", severity="ERROR")
+                    task.save()
             return
-        self._power_failures.pop(node_id, None)
-        if task.db_node.maintenance and task.db_node.fault == "power failure":
-            task.set(maintenance=False, fault=None, maintenance_reason=None, last_error=None)
-            task.event("maintenance", "The BMC answers again: maintenance (power failure) cleared")
-        if recorded is None or actual == recorded:
+        self._power_failures.pop(row.id, None)
+        recovered = row.maintenance and row.fault == "power failure"
+        if not recovered and actual == row.power_state:
+            return  # the common case: nothing to write
+        with locks.node_lock(self.db, row.id, holder=self.hostname, purpose="power sync"):
+            task = self.flows.task(row.id)
+            recorded = task.node.power_state
+            if recovered:
+                task.set(maintenance=False, fault=None, maintenance_reason=None, last_error=None)
+                task.event("maintenance", "The BMC answers again: maintenance (power failure) cleared")
             if recorded is None:
                 task.set(power_state=actual)
+            elif actual != recorded and recorded == row.power_state:
+                if self.cc.force_power_state_during_sync:
+                    power = task.driver["power"]
+                    assert isinstance(power, PowerInterface)
+                    power.set_power_state(task, recorded)
+                    task.event("power", f"Power sync: forced the node back to {recorded} (it was {actual})")
+                else:
+                    task.set(power_state=actual)
+                    task.event("power", f"Power sync: node is {actual}, was recorded as {recorded}; recorded it")
             task.save()
-            return
-        if self.cc.force_power_state_during_sync:
-            power.set_power_state(task, recorded)
-            task.event("power", f"Power sync: forced the node back to {recorded} (it was {actual})")
-        else:
-            task.set(power_state=actual)
-            task.event("power", f"Power sync: node is {actual}, was recorded as {recorded}; recorded it")
-        task.save()
 
     # ---- wait-state timeouts -------------------------------------------------------------
     def _timeout_loop(self) -> None:

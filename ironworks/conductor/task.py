@@ -35,19 +35,23 @@ class TaskContext:
         *,
         conductor: str,
         user: str | None = None,
+        preloaded: tuple[Node, list[PortView]] | None = None,
     ) -> None:
+        """Load node ``node_id`` (or use ``preloaded`` = (row, ports) read by a batch query)."""
         self.db = db
         self.conductor = conductor
         self.user = user
         self._events: list[dict[str, Any]] = []
         self._last_progress: tuple[int | None, str] | None = None
-        with db.read() as s:
-            row = s.get(Node, node_id)
-            if row is None:
-                raise NotFound(f"Node {node_id} does not exist (it was deleted).")
-            ports = s.execute(select(Port).where(Port.node_id == node_id).order_by(Port.id)).scalars().all()
-            self.db_node = row
-            self.ports = [PortView(p.uuid, p.address, p.pxe_enabled) for p in ports]
+        if preloaded is None:
+            with db.read() as s:
+                loaded = s.get(Node, node_id)
+                if loaded is None:
+                    raise NotFound(f"Node {node_id} does not exist (it was deleted).")
+                ports = s.execute(select(Port).where(Port.node_id == node_id).order_by(Port.id)).scalars().all()
+                preloaded = (loaded, [PortView(p.uuid, p.address, p.pxe_enabled) for p in ports])
+        row, self.ports = preloaded
+        self.db_node = row
         reveal = db.secrets.reveal
         self.node = NodeView(
             id=row.id,
