@@ -13,7 +13,11 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
 # Debian packages the test tiers need (none of them for the plain service).
-SYSTEM_PACKAGES=(postgresql-client)
+SYSTEM_PACKAGES=(postgresql-client ipmitool
+    # the virtual lab (tests/lab): TCG VMs under libvirt inside a network namespace, BMC emulators;
+    # libvirt-dev, pkg-config and gcc build libvirt-python (for sushy-tools' libvirt driver and VirtualBMC)
+    qemu-system-x86 qemu-utils ovmf ipxe-qemu libvirt-daemon-system libvirt-clients libvirt-dev pkg-config gcc
+    iproute2)
 
 log() { printf '[dev.sh] %s\n' "$*" >&2; }
 
