@@ -167,3 +167,14 @@ class ConfigError(ServerError):
     """The configuration is invalid."""
 
     reason = "config_error"
+
+
+def error_class_for(reason: str) -> type[IronworksError]:
+    """The error class whose ``reason`` is ``reason`` (``DriverError`` when none is)."""
+    todo: list[type[IronworksError]] = [IronworksError]
+    while todo:
+        cls = todo.pop()
+        if cls.reason == reason:
+            return cls
+        todo.extend(cls.__subclasses__())
+    return DriverError

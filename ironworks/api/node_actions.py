@@ -26,7 +26,7 @@ from ironworks.conductor.task import TaskContext
 from ironworks.db.engine import DatabaseUnavailable
 from ironworks.db.models import Action, Node, NodeEvent, utcnow
 from ironworks.drivers.base import BootDevice, PowerState, ValidationError
-from ironworks.errors import Conflict, DriverError, InvalidInput, InvalidTransition, NodeLocked
+from ironworks.errors import Conflict, DriverError, InvalidInput, InvalidTransition, NodeLocked, error_class_for
 
 router = APIRouter()
 S, E = states.State, states.Event
@@ -337,7 +337,11 @@ def run_sync(request: Request, ident: str, name: str, args: dict[str, Any] | Non
         if row is not None and row.status in (queue.DONE, queue.FAILED):
             result = row.result or {}
             if row.error or result.get("error"):
-                raise DriverError(f"{name} failed: {row.error or result['error']}")
+                # keep the error's kind across the queue, so an unreachable BMC is a 502, not a 500
+                cls = error_class_for(str(result.get("reason", ""))) if result.get("error") else DriverError
+                if cls is NodeLocked or not issubclass(cls, DriverError):
+                    cls = DriverError
+                raise cls(f"{name} failed: {row.error or result['error']}")
             return dict(result)
         time.sleep(delay)
         delay = min(delay * 2, 0.1)

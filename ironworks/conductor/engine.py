@@ -96,7 +96,7 @@ class FlowEngine:
     def _set_power(self, task: TaskContext, target: str, timeout: float | None = None) -> str:
         power = self._power_iface(task)
         timeout = timeout or self.config.conductor.power_state_change_timeout
-        if target in (PowerState.REBOOT, PowerState.SOFT_REBOOT):
+        if target == PowerState.REBOOT:  # a soft reboot is the interface's set_power_state
             power.reboot(task, timeout=timeout)
         else:
             power.set_power_state(task, target, timeout=timeout)

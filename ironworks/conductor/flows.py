@@ -28,6 +28,7 @@ from ironworks.drivers.base import (
     RescueInterface,
 )
 from ironworks.drivers.steps import Done, Failed, Wait
+from ironworks.errors import IronworksError
 
 LOG = logging.getLogger(__name__)
 S, E = states.State, states.Event
@@ -108,7 +109,8 @@ class FlowRunner(FlowEngine):
             if name == "get_supported_boot_devices":
                 return {"supported_boot_devices": mgmt.get_supported_boot_devices(task)}
         except Exception as exc:
-            return {"error": describe_error(exc)}
+            reason = exc.reason if isinstance(exc, IronworksError) else "error"
+            return {"error": describe_error(exc), "reason": reason}
         raise ValueError(f"unknown management action {name!r}")
 
     # ---- provision flows -------------------------------------------------------------

@@ -31,7 +31,7 @@ from ironworks.drivers.base import (
 )
 from ironworks.drivers.registry import HardwareType
 from ironworks.drivers.steps import Done, Failed, Outcome, Wait, step
-from ironworks.errors import BmcError
+from ironworks.errors import BmcError, BmcUnreachable
 
 
 def parse_delay(spec: str) -> tuple[float, float]:
@@ -74,6 +74,14 @@ class _FakeMixin:
         return Done()
 
 
+def _check_reachable(task: Task) -> None:
+    if task.node.driver_info.get("fake_power_fail"):
+        raise BmcUnreachable(
+            f"Fake BMC of node {task.node.uuid} is unreachable (driver_info fake_power_fail is set).",
+            node=task.node.uuid,
+        )
+
+
 class FakePower(_FakeMixin, PowerInterface):
     """Power that follows the recorded state (like Ironic's fake power)."""
 
@@ -82,22 +90,15 @@ class FakePower(_FakeMixin, PowerInterface):
     def validate(self, task: Task) -> None:
         """Nothing to check."""
 
-    def _check_reachable(self, task: Task) -> None:
-        if task.node.driver_info.get("fake_power_fail"):
-            raise BmcError(
-                f"Fake BMC of node {task.node.uuid} is unreachable (driver_info fake_power_fail is set).",
-                node=task.node.uuid,
-            )
-
     def get_power_state(self, task: Task) -> str:
         """The recorded power state (``power off`` when never set)."""
-        self._check_reachable(task)
+        _check_reachable(task)
         self._block()
         return task.node.driver_internal_info.get("fake_power_state") or task.node.power_state or PowerState.OFF
 
     def set_power_state(self, task: Task, state: str, *, timeout: float | None = None) -> None:
         """Record ``state`` (soft variants land on their hard result)."""
-        self._check_reachable(task)
+        _check_reachable(task)
         if state not in PowerState.TARGETS:
             raise BmcError(f"Fake power cannot reach state {state!r}.")
         self._block()
@@ -128,6 +129,7 @@ class FakeManagement(_FakeMixin, ManagementInterface):
 
     def set_boot_device(self, task: Task, device: str, *, persistent: bool = False) -> None:
         """Record the boot device."""
+        _check_reachable(task)
         if device not in self.get_supported_boot_devices(task):
             raise BmcError(f"Fake management does not support boot device {device!r}.")
         self._block()
@@ -135,6 +137,7 @@ class FakeManagement(_FakeMixin, ManagementInterface):
 
     def get_boot_device(self, task: Task) -> dict[str, Any]:
         """The recorded boot device (disk, persistent, when never set)."""
+        _check_reachable(task)
         self._block()
         dev = task.node.driver_internal_info.get("fake_boot_device")
         return dict(dev) if dev else {"boot_device": BootDevice.DISK, "persistent": True}

@@ -346,3 +346,19 @@ def test_list_and_show_render_a_node_identically(harness: Harness) -> None:
     assert listed == shown
     assert listed["driver_info"] == {"ipmi_password": "******", "a": {"token": "******"}}
     assert listed["conductor"] == "conductor-test"
+
+
+def test_bmc_errors_keep_their_status_through_the_queue(sqlite_harness: Harness) -> None:
+    import threading
+
+    h = sqlite_harness
+    node = h.create_node(driver_info={"fake_power_fail": True})
+    stop = threading.Event()
+    t = threading.Thread(target=lambda: [h.conductor.run_pending() for _ in iter(lambda: stop.wait(0.01), True)])
+    t.start()
+    try:
+        r = h.client.get(f"/v1/nodes/{node['uuid']}/management/boot_device")
+    finally:
+        stop.set()
+        t.join()
+    assert r.status_code == 502 and "unreachable" in fault(r)
