@@ -306,13 +306,14 @@ def test_power_is_idempotent() -> None:
 @pytest.mark.parametrize(
     ("before", "target", "expected"),
     [
-        ("on", PowerState.REBOOT, ["power status", "power cycle", "power status"]),
+        # off, then on (not "power cycle": VirtualBMC and many BMCs reject it)
+        ("on", PowerState.REBOOT, ["power status", "power off", "power status", "power on", "power status"]),
         ("off", PowerState.REBOOT, ["power status", "power on", "power status"]),
         ("on", PowerState.SOFT_REBOOT, ["power status", "power soft", "power status", "power on", "power status"]),
     ],
 )
 def test_reboot(before: str, target: str, expected: list[str]) -> None:
-    after = {"power cycle": "on", "power on": "on", "power soft": "off"}
+    after = {"power off": "off", "power on": "on", "power soft": "off"}
     runner = Runner({"power status": status(before)})
     real = runner.__call__
 
@@ -401,3 +402,14 @@ def test_registered_and_described() -> None:
     assert IpmiHardware.supported["boot"] == ["fake"]
     assert {"ipmi_address", "ipmi_password", "ipmi_bridging"} <= set(IpmiPower.properties)
     assert "ipmi_address" in IpmiManagement.properties
+
+
+def test_a_late_answer_to_a_power_command_is_checked_not_trusted() -> None:
+    """VirtualBMC powers a TCG VM off in ~2 s, after ipmitool gave up: the state decides."""
+    timeout_reply = [(1, "", "Unable to set Chassis Power Control to Down/Off\nIPMI Request Match NOT FOUND\n")]
+    runner = Runner({"power status": status("on", "off"), "power off": timeout_reply})
+    power(runner).set_power_state(task(), PowerState.OFF, timeout=5)
+    assert runner.commands()[-1] == "power status"
+    stuck = Runner({"power status": status("on"), "power off": timeout_reply})
+    with pytest.raises(BmcError, match="power off"):
+        power(stuck, Clock()).set_power_state(task(), PowerState.OFF, timeout=3)
