@@ -31,6 +31,7 @@ STATUS: list[tuple[type[errors.IronworksError], int]] = [
     (errors.InvalidInput, 400),
     (errors.ClientError, 400),
     (DatabaseUnavailable, 503),
+    (errors.BmcUnsupported, 400),  # the request asked for something this BMC cannot do
     (errors.BmcError, 502),
     (errors.DriverError, 500),
     (errors.ServerError, 500),

@@ -106,7 +106,18 @@ class FlowEngine:
         return new
 
     def refresh_caches(self, task: TaskContext) -> None:
-        """Store the BIOS settings and firmware components the driver reports."""
+        """Store the BIOS settings and firmware components the driver reports.
+
+        The flow's work is done by then: a BMC that stops answering here is a warning in the
+        timeline, not a failed clean or inspection.
+        """
+        try:
+            self._refresh_caches(task)
+        except Exception as exc:
+            LOG.warning("node %s: could not refresh BIOS/firmware caches: %s", task.node.uuid, exc)
+            task.event("cache", f"Could not refresh BIOS/firmware caches: {describe_error(exc)}", severity="WARNING")
+
+    def _refresh_caches(self, task: TaskContext) -> None:
         bios, fw = task.driver.interfaces.get("bios"), task.driver.interfaces.get("firmware")
         settings = bios.cache_bios_settings(task) if isinstance(bios, BiosInterface) else []
         comps = fw.cache_firmware_components(task) if isinstance(fw, FirmwareInterface) else []

@@ -139,6 +139,15 @@ class FlowRunner(FlowEngine):
         result = (outcome.result if isinstance(outcome, Done) else None) or {}
         props = {**task.node.properties, **result.get("properties", {})}
         task.set(properties=props, inspection_finished_at=utcnow())
+        mgmt = task.driver.interfaces.get("management")
+        if isinstance(mgmt, ManagementInterface):
+            try:
+                mode = mgmt.get_boot_mode(task)
+            except Exception as exc:  # inspection found the hardware; the boot mode is a bonus
+                task.event("inspection", f"Boot mode not read: {describe_error(exc)}", severity="WARNING")
+            else:
+                if mode:
+                    task.set(boot_mode=mode)
         self._add_ports(task, result.get("macs", []))
         self.refresh_caches(task)
         task.transition(E.DONE)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from ironworks.drivers.steps import Outcome
+from ironworks.errors import InvalidInput
 
 
 class PowerState:
@@ -83,7 +84,7 @@ class Task(Protocol):
         """Report progress of the current operation or step (e.g. bytes written of total)."""
 
 
-class ValidationError(Exception):
+class ValidationError(InvalidInput):
     """``validate()`` found the node's configuration incomplete or wrong; the message says what."""
 
 

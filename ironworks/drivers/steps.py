@@ -13,6 +13,11 @@ after ``poll_after`` seconds, or when an outside event such as an agent heartbea
 ``task.node.driver_internal_info`` (steps are idempotent).
 
 Priority 0 means "manual only"; higher priorities run first in automated cleaning and deployment.
+
+Contract with the conductor: while a step runs (across every ``Wait``),
+``driver_internal_info["step_started_at"]`` holds the time it started and stays the same; it is
+removed when the step ends. A step may key its own saved progress on it, so a later run of the same
+step (same name and arguments) starts afresh instead of resuming stale state.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""End-to-end tests: whole provisioning flows on virtual machines booting inside the lab (tests/lab)."""
