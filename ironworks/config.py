@@ -73,7 +73,7 @@ class ConductorConfig:
     inspect_wait_timeout: float = 1800.0
     rescue_callback_timeout: float = 1800.0
     service_callback_timeout: float = 1800.0
-    enabled_hardware_types: list[str] = field(default_factory=lambda: ["fake-hardware"])
+    enabled_hardware_types: list[str] = field(default_factory=lambda: ["fake-hardware", "redfish", "ipmi"])
 
 
 @dataclass(slots=True)

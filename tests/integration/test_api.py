@@ -202,7 +202,7 @@ def test_ports(harness: Harness) -> None:
 
 def test_drivers(sqlite_harness: Harness) -> None:
     drivers = sqlite_harness.client.get("/v1/drivers").json()["drivers"]
-    assert [d["name"] for d in drivers] == ["fake-hardware"]
+    assert [d["name"] for d in drivers] == ["fake-hardware", "redfish", "ipmi"]
     assert drivers[0]["hosts"] == ["conductor-test"]
     detail = sqlite_harness.client.get("/v1/drivers/fake-hardware").json()
     assert detail["default_power_interface"] == "fake"
