@@ -73,6 +73,14 @@ class ConductorConfig:
     inspect_wait_timeout: float = 1800.0
     rescue_callback_timeout: float = 1800.0
     service_callback_timeout: float = 1800.0
+    #: how often an agent must heartbeat (told to it at lookup); it sends every 30-60 % of this
+    agent_heartbeat_timeout: float = 300.0
+    #: seconds between two polls of a running agent command
+    agent_poll_interval: float = 2.0
+    #: an agent that answered nothing for this long while a command runs fails the step
+    agent_silence_timeout: float = 600.0
+    #: boot a full erase (erase_devices) in automated cleaning, not only the metadata erase
+    automated_clean_full_erase: bool = False
     enabled_hardware_types: list[str] = field(default_factory=lambda: ["fake-hardware", "redfish", "ipmi"])
 
 

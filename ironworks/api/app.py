@@ -247,6 +247,7 @@ def create_app(
         LOG.exception("unexpected error")
         return api_errors.error_response(f"Internal error ({type(exc).__name__}); see the server log.", status=500)
 
+    from ironworks.api import agent as agent_routes
     from ironworks.api import drivers as drivers_routes
     from ironworks.api import node_actions as node_action_routes
     from ironworks.api import node_info as node_info_routes
@@ -260,6 +261,7 @@ def create_app(
     app.include_router(node_info_routes.router)
     app.include_router(ports_routes.router)
     app.include_router(drivers_routes.router)
+    app.include_router(agent_routes.router)
     app.add_middleware(ApiMiddleware, config=config, auth=auth)
     return app
 

@@ -20,7 +20,15 @@ from ironworks.conductor.task import TaskContext
 from ironworks.config import Config
 from ironworks.db.engine import Database
 from ironworks.db.models import BiosSetting, FirmwareComponent, Node
-from ironworks.drivers.base import BiosInterface, BootInterface, FirmwareInterface, PortView, PowerInterface, PowerState
+from ironworks.drivers.base import (
+    BiosInterface,
+    BootInterface,
+    DeployInterface,
+    FirmwareInterface,
+    PortView,
+    PowerInterface,
+    PowerState,
+)
 from ironworks.drivers.registry import DriverFactory
 from ironworks.drivers.steps import Done, Failed, Hold, Outcome, Wait
 from ironworks.errors import IronworksError
@@ -278,6 +286,9 @@ class FlowEngine:
             assert isinstance(boot, BootInterface)
             boot.prepare_instance(task)
         if kind in ("clean", "service"):
+            deploy = task.driver["deploy"]
+            assert isinstance(deploy, DeployInterface)
+            (deploy.tear_down_cleaning if kind == "clean" else deploy.tear_down_service)(task)
             self.refresh_caches(task)
         task.transition(event)
 

@@ -10,6 +10,7 @@ state and the flow ends (lock released) until a ``resume`` action — a timer, a
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from sqlalchemy import select
@@ -64,6 +65,8 @@ class FlowRunner(FlowEngine):
             return self.power(task, action.name, action.args.get("timeout"))
         if action.kind == "management":
             return self.management(task, action.name, action.args)
+        if action.kind == "agent":
+            return self.agent_heartbeat(task, action.args)
         if action.kind == "provision":
             state = S(task.node.provision_state)
             if state not in EXPECTED_STATE.get(action.name, frozenset()):
@@ -112,6 +115,26 @@ class FlowRunner(FlowEngine):
             reason = exc.reason if isinstance(exc, IronworksError) else "error"
             return {"error": describe_error(exc), "reason": reason}
         raise ValueError(f"unknown management action {name!r}")
+
+    def agent_heartbeat(self, task: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
+        """Record where the agent listens; a flow waiting for it carries on."""
+        info = task.node.driver_internal_info
+        first = not info.get("agent_url")
+        info["agent_url"] = args.get("callback_url")
+        info["agent_version"] = args.get("agent_version")
+        info["agent_last_heartbeat"] = time.time()
+        if first:
+            task.event("agent", f"Agent {args.get('agent_version') or ''} up at {args.get('callback_url')}".strip())
+        state = S(task.node.provision_state)
+        if state in states.WAIT_STATES and not task.db_node.maintenance:
+            try:
+                self._flow_resume(task, {})
+            except Exception as exc:
+                LOG.exception("node %s: resuming after a heartbeat failed", task.node.uuid)
+                self.fail(task, describe_error(exc))
+        else:
+            task.save()
+        return {"state": task.node.provision_state}
 
     # ---- provision flows -------------------------------------------------------------
     def _flow_manage(self, task: TaskContext, args: dict[str, Any]) -> None:
@@ -173,6 +196,9 @@ class FlowRunner(FlowEngine):
             plan = manual  # validated and normalized by the API before it was queued
         elif self._automated_clean_enabled(task):
             plan = stepslib.automated_steps(task.driver, "clean")
+            if self.config.conductor.automated_clean_full_erase:
+                full = [s for s in stepslib.available_steps(task.driver, "clean") if s["step"] == "erase_devices"]
+                plan = sorted(plan + [dict(s, priority=10) for s in full[:1]], key=lambda s: -s["priority"])
         else:
             plan = []
             task.event("cleaning", "Automated cleaning is disabled: skipping it")

@@ -17,7 +17,7 @@ from ironworks import states
 from ironworks.db.engine import Database
 from ironworks.db.models import Node, NodeEvent, Port, utcnow
 from ironworks.db.secrets import mask
-from ironworks.drivers.base import NodeView, PortView
+from ironworks.drivers.base import NodeView, PortView, PowerInterface
 from ironworks.drivers.registry import Driver, DriverFactory
 from ironworks.errors import NotFound
 
@@ -109,6 +109,23 @@ class TaskContext:
             text = f"{message or 'Progress'}: " + (f"{pct:g}%" if pct is not None else f"{done:g}")
             self.event("step.progress", text, done=done, total=total, percent=pct)
         self.save()
+
+    def interface(self, kind: str) -> Any:
+        """The node's implementation of interface ``kind``."""
+        return self.driver[kind]
+
+    def set_power_state(self, state: str) -> str:
+        """Change the power state through the power interface and record the state it reaches."""
+        power = self.driver["power"]
+        assert isinstance(power, PowerInterface)
+        if state == "rebooting":
+            power.reboot(self)
+        else:
+            power.set_power_state(self, state)
+        new: str = power.get_power_state(self)
+        self.node.power_state = new
+        self.set(power_state=new, target_power_state=None)
+        return new
 
     # ---- persistence -----------------------------------------------------------------
     def event(self, event_type: str, message: str, *, severity: str = "INFO", **data: Any) -> None:

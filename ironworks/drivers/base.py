@@ -83,6 +83,12 @@ class Task(Protocol):
     def progress(self, done: float, total: float | None = None, *, message: str = "") -> None:
         """Report progress of the current operation or step (e.g. bytes written of total)."""
 
+    def interface(self, kind: str) -> Interface:
+        """The node's implementation of another interface kind (a deploy step needs ``boot``)."""
+
+    def set_power_state(self, state: str) -> str:
+        """Change the power state through the node's power interface and record it; the new state."""
+
 
 class ValidationError(InvalidInput):
     """``validate()`` found the node's configuration incomplete or wrong; the message says what."""
@@ -191,6 +197,12 @@ class DeployInterface(Interface):
 
     def take_over(self, task: Task) -> None:
         """Adopt a running instance (default: nothing)."""
+
+    def tear_down_cleaning(self, task: Task) -> None:
+        """After the last clean step: take down what cleaning booted (default: nothing)."""
+
+    def tear_down_service(self, task: Task) -> None:
+        """After the last service step: return the node to its instance (default: nothing)."""
 
 
 class InspectInterface(Interface):

@@ -359,11 +359,11 @@ class FakeHardware(HardwareType):
         "power": ["fake"],
         "management": ["fake"],
         "boot": ["fake"],
-        "deploy": ["fake"],
+        "deploy": ["fake", "agent"],
         "inspect": ["fake", "no-inspect"],
         "firmware": ["fake", "no-firmware"],
         "bios": ["fake", "no-bios"],
         "raid": ["fake", "no-raid"],
         "console": ["fake", "no-console"],
-        "rescue": ["fake", "no-rescue"],
+        "rescue": ["fake", "agent", "no-rescue"],
     }

@@ -327,7 +327,7 @@ class IpmiHardware(HardwareType):
         "management": ["ipmitool"],
         # network boot (PXE/iPXE) arrives with the boot interfaces of a later issue; fake until then
         "boot": ["fake"],
-        "deploy": ["fake"],
+        "deploy": ["fake", "agent"],
         "inspect": ["no-inspect"],
         "bios": ["no-bios"],
         "firmware": ["no-firmware"],

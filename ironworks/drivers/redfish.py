@@ -289,7 +289,7 @@ class RedfishHardware(HardwareType):
         "power": ["redfish"],
         "management": ["redfish"],
         "boot": ["fake"],
-        "deploy": ["fake"],
+        "deploy": ["fake", "agent"],
         "inspect": ["redfish", "no-inspect"],
         "firmware": ["redfish", "no-firmware"],
         "bios": ["redfish", "no-bios"],
