@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from ironworks.cli.client import IronicClient, Json
@@ -27,6 +27,7 @@ PROVISION_FIELDS = (
     "clean_step",
     "deploy_step",
     "service_step",
+    "driver_internal_info",
 )
 POWER_FIELDS = ("power_state", "target_power_state", "last_error")
 
@@ -96,6 +97,26 @@ def current_step(status: Mapping[str, Any]) -> str | None:
     return None
 
 
+def step_progress(status: Mapping[str, Any]) -> tuple[float, float | None, str] | None:
+    """``(done, total, message)`` the running step reported (e.g. bytes of an image written)."""
+    if current_step(status) is None:
+        return None
+    info = status.get("driver_internal_info")
+    progress = info.get("progress") if isinstance(info, dict) else None
+    if not isinstance(progress, dict) or progress.get("done") is None:
+        return None
+    total = progress.get("total")
+    return float(progress["done"]), float(total) if total else None, str(progress.get("message") or "")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 def describe_provision(status: Mapping[str, Any]) -> str:
     """The provision state, where it heads and the current step, as one phrase."""
     text = str(status.get("provision_state"))
@@ -103,6 +124,31 @@ def describe_provision(status: Mapping[str, Any]) -> str:
         text += f" -> {status['target_provision_state']}"
     step = current_step(status)
     return f"{text} (step {step})" if step else text
+
+
+class Eta:
+    """Estimates the time left of a step from the progress it reports (first sample to now)."""
+
+    def __init__(self) -> None:
+        self._first: tuple[float, float, str] | None = None
+
+    def describe(self, progress: tuple[float, float | None, str] | None, now: float) -> str:
+        """``"writing image: 45% of 2.0 GiB, ETA 0:31"``, or ``""`` when nothing is reported."""
+        if progress is None:
+            self._first = None
+            return ""
+        done, total, message = progress
+        if self._first is None or self._first[2] != message or done < self._first[1]:
+            self._first = (now, done, message)
+        label = f"{message}: " if message else ""
+        if not total:
+            return f"{label}{_size(done)}"
+        text = f"{label}{100 * done / total:.0f}% of {_size(total)}"
+        t0, d0, _ = self._first
+        if now > t0 and done > d0:
+            left = (total - done) / ((done - d0) / (now - t0))
+            text += f", ETA {int(left // 60)}:{int(left % 60):02d}"
+        return text
 
 
 def describe_power(status: Mapping[str, Any]) -> str:
@@ -123,6 +169,7 @@ class Watch:
     judge: Callable[[Mapping[str, Any]], Verdict]
     describe: Callable[[Mapping[str, Any]], str]
     advice: str
+    progress: Callable[[Mapping[str, Any]], tuple[float, float | None, str] | None] = lambda _status: None
 
 
 def provision_watch(verb: str, node: str) -> Watch:
@@ -135,6 +182,7 @@ def provision_watch(verb: str, node: str) -> Watch:
         judge=lambda status: judge_provision(status, expected),
         describe=describe_provision,
         advice=f"See what ran with `ironworks node history {node}`, fix the cause, then retry.",
+        progress=step_progress,
     )
 
 
@@ -154,7 +202,8 @@ def wait_for(client: IronicClient, node: str, watch: Watch, *, timeout: float, s
     """Poll ``node`` until ``watch`` judges it reached (returned) or failed or timed out (raised)."""
     console = stderr_console()
     start = seams.clock()
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    eta = Eta()
     # A live spinner only on a terminal; in logs and pipes each change is one printed line instead.
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task(f"{node}: waiting for {watch.goal}")
@@ -163,6 +212,12 @@ def wait_for(client: IronicClient, node: str, watch: Watch, *, timeout: float, s
             status = client.get_node(node, fields=watch.fields)
             elapsed = seams.clock() - start
             text = watch.describe(status)
+            reported = watch.progress(status)
+            detail = eta.describe(reported, elapsed)
+            if reported is not None and reported[1]:
+                progress.update(task, completed=reported[0], total=reported[1])
+            if detail:
+                text = f"{text}: {detail}" if not text.endswith(")") else f"{text} {detail}"
             if text != shown:
                 progress.console.print(Text(f"[{elapsed:5.0f}s] {node}: {text}"))
                 progress.update(task, description=f"{node}: {text}")

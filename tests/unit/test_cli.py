@@ -353,8 +353,18 @@ def test_deploy_wait_shows_states_and_steps_then_prints_the_final_status(
         "/v1/nodes/n1",
         status("deploying", "active", deploy_step={"interface": "deploy", "step": "deploy", "priority": 100}),
         status("wait call-back", "active"),
-        status("deploying", "active", deploy_step={"interface": "deploy", "step": "write_image"}),
-        status("deploying", "active", deploy_step={"interface": "deploy", "step": "write_image"}),
+        status(
+            "deploying",
+            "active",
+            deploy_step={"interface": "deploy", "step": "write_image"},
+            driver_internal_info={"progress": {"done": 512 << 20, "total": 2 << 30, "message": "writing image"}},
+        ),
+        status(
+            "deploying",
+            "active",
+            deploy_step={"interface": "deploy", "step": "write_image"},
+            driver_internal_info={"progress": {"done": 1 << 30, "total": 2 << 30, "message": "writing image"}},
+        ),
         status("active"),
     )
     result = run("node", "deploy", "n1", "--wait", "-f", "json")
@@ -363,13 +373,15 @@ def test_deploy_wait_shows_states_and_steps_then_prints_the_final_status(
     polls = api.sent("GET", "/v1/nodes/n1")
     assert len(polls) == 5
     assert polls[0].url.params["fields"] == (
-        "provision_state,target_provision_state,last_error,clean_step,deploy_step,service_step"
+        "provision_state,target_provision_state,last_error,clean_step,deploy_step,service_step,driver_internal_info"
     )
     assert clock.sleeps == [1.0] * 4
     progress = result.stderr
     assert "n1: deploying -> active (step deploy.deploy)" in progress
     assert "n1: wait call-back -> active" in progress
-    assert progress.count("step deploy.write_image") == 1  # unchanged polls print nothing new
+    assert "(step deploy.write_image) writing image: 25% of 2.0 GiB" in progress
+    # 512 MiB more a second later: 1 GiB left at that rate
+    assert "(step deploy.write_image) writing image: 50% of 2.0 GiB, ETA 0:02" in progress
     assert "Node n1 reached active after 4 s." in progress
 
 
