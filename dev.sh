@@ -17,7 +17,9 @@ SYSTEM_PACKAGES=(postgresql-client ipmitool
     # the virtual lab (tests/lab): TCG VMs under libvirt inside a network namespace, BMC emulators;
     # libvirt-dev, pkg-config and gcc build libvirt-python (for sushy-tools' libvirt driver and VirtualBMC)
     qemu-system-x86 qemu-utils ovmf ipxe-qemu libvirt-daemon-system libvirt-clients libvirt-dev pkg-config gcc
-    iproute2)
+    iproute2
+    # the agent's disk work (tests/integration/test_agent_*.py): sfdisk, config drive ISOs, erase, burn-in
+    fdisk genisoimage dosfstools hdparm nvme-cli stress-ng fio)
 
 log() { printf '[dev.sh] %s\n' "$*" >&2; }
 

@@ -116,6 +116,17 @@ def conductor(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     svc.stop()
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def agent(ctx: typer.Context) -> None:
+    """Run the utility-ramdisk agent (its flags: ironworks agent --help)."""
+    from ironworks.agent.main import main as agent_main
+
+    raise typer.Exit(agent_main(ctx.args))
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     """Create or migrate the database schema to this version."""
@@ -168,7 +179,7 @@ def _mount_operator_commands() -> None:
     app.add_typer(port_app, name="port", help="Manage ports.")
 
 
-SERVER_COMMANDS = frozenset({"serve", "api", "conductor", "db", "htpasswd"})
+SERVER_COMMANDS = frozenset({"serve", "api", "conductor", "db", "htpasswd", "agent"})
 
 
 def main() -> None:
