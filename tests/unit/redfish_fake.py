@@ -234,18 +234,3 @@ def make_task(**info: Any) -> FakeTask:
         power_state=None,
     )
     return FakeTask(node)
-
-
-class Clock:
-    """An injectable monotonic clock that ``sleep`` advances."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds

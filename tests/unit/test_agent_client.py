@@ -19,6 +19,7 @@ from ironworks.agent.client import (
     HttpResponse,
     LookupFailed,
 )
+from tests.fakes import Clock as FakeClock
 
 API = "http://api.test:6385"
 NODE = "1be26c0b-03f2-4d2e-ae87-c02d7f33c123"
@@ -47,19 +48,6 @@ class FakeTransport:
         if isinstance(answer, Exception):
             raise answer
         return answer
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def client(transport: FakeTransport, clock: FakeClock | None = None) -> ApiClient:

@@ -28,6 +28,7 @@ from ironworks.errors import (
     BmcUnsupported,
     DriverError,
 )
+from tests.fakes import Clock
 
 PASSWORD = "Sup3r-s3cret"
 _V = "Loading IANA PEN Registry...\nUsing best available cipher suite 3\n\n"
@@ -116,21 +117,6 @@ def task(boot_mode: str | None = None, properties: dict[str, Any] | None = None,
     driver_info = {"ipmi_address": "127.0.0.1", "ipmi_username": "admin", "ipmi_password": PASSWORD, **info}
     node = NodeView(1, "uuid-1", None, "ipmi", driver_info, {}, {}, properties or {}, "manageable", None, boot_mode)
     return FakeTask(node)
-
-
-class Clock:
-    """A clock that moves only when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 FAST = RetryPolicy(sleep=lambda _s: None)

@@ -25,7 +25,8 @@ from ironworks.drivers.redfish import (
 )
 from ironworks.drivers.steps import Done
 from ironworks.errors import BmcAuthFailed, BmcRequestFailed, BmcTimeout, BmcTlsError, BmcUnreachable, BmcUnsupported
-from tests.unit.redfish_fake import ADDRESS, PASSWORD, SYSTEM, Clock, FakeBmc, client, endpoint, make_task
+from tests.fakes import Clock
+from tests.unit.redfish_fake import ADDRESS, PASSWORD, SYSTEM, FakeBmc, client, endpoint, make_task
 
 
 @pytest.fixture

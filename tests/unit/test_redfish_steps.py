@@ -10,7 +10,8 @@ import requests
 from ironworks.drivers.redfish_steps import RedfishBios, RedfishFirmware
 from ironworks.drivers.steps import Done, Failed, Wait, steps_of
 from ironworks.errors import BmcUnreachable
-from tests.unit.redfish_fake import BIOS, SYSTEM, Clock, FakeBmc, client, make_task, task_body
+from tests.fakes import Clock
+from tests.unit.redfish_fake import BIOS, SYSTEM, FakeBmc, client, make_task, task_body
 
 BIOS_URL, BMC_URL = "http://images.example.test/bios-1.8.2.exe", "https://images.example.test/idrac-7.00.exe"
 
