@@ -95,6 +95,11 @@ class ConductorService:
         """Stop claiming, let running work finish, unregister."""
         self._stop.set()
         self._wake.set()
+        # the claim loop must be out of run_pending before the pool closes: an action it claimed
+        # but could not submit would stay "running" for a conductor that never runs it
+        for t in self._threads:
+            if t.name == "ironworks-claim":
+                t.join(timeout=30)
         self.pool.shutdown(wait=True)
         self._sync_pool.shutdown(wait=True)
         with self.db.write() as s:
@@ -227,6 +232,8 @@ class ConductorService:
 
     def run_pending(self) -> int:
         """Claim due actions up to the free worker slots and hand them to the pool."""
+        if self._stop.is_set():
+            return 0
         with self._busy_lock:
             free = self.cc.workers - self._busy
         actions = queue.claim(self.db, conductor=self.hostname, limit=free, owns=self.owns)

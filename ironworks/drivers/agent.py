@@ -15,6 +15,7 @@ step after ``[conductor] agent_silence_timeout`` seconds without a heartbeat.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, ClassVar
 
@@ -45,6 +46,29 @@ FIRMWARE_ARGS = {
     "timeout": {"description": "seconds runme.sh may run (default 1800)", "required": False, "type": "integer"},
 }
 BURNIN_ARGS = {"timeout": {"description": "seconds to run", "required": False, "type": "integer"}}
+
+
+#: at most this many characters of an agent's answer go into the timeline
+RESULT_LIMIT = 8000
+
+
+def record_result(task: Task, name: str, result: dict[str, Any]) -> None:
+    """Put what the agent answered into the timeline: a firmware update's output is only seen there."""
+    inner = result
+    for key in ("clean_result", "service_result", "deploy_result"):
+        if isinstance(result.get(key), dict):
+            inner = result[key]
+    text = json.dumps(inner, default=str)
+    data: dict[str, Any] = {"type": "agent.result", "command": name}
+    if len(text) <= RESULT_LIMIT:
+        data["result"] = inner
+    else:
+        data["result_truncated"] = text[:RESULT_LIMIT]
+    message = f"The agent's {name} succeeded"
+    tail = inner.get("output_tail")
+    if isinstance(tail, str) and tail.strip():
+        message += f"; last output:\n{tail[-RESULT_LIMIT:]}"
+    task.record(message, data=data)
 
 
 class AgentMixin:
@@ -134,7 +158,10 @@ class AgentMixin:
             return Wait(self.poll_interval, reason=f"agent runs {name}")
         info.pop(slot, None)
         if status == "SUCCEEDED":
-            return Done(result.get("command_result") or {})
+            outcome = result.get("command_result") or {}
+            if not name.startswith("rescue."):  # nothing of a rescue's answer belongs in the timeline
+                record_result(task, name, outcome)
+            return Done(outcome)
         return Failed("agent_command_failed", f"The agent's {name} failed: {command_error_message(result)}")
 
     def run_step(self, task: Task, kind: str, name: str, args: dict[str, Any]) -> Outcome:
