@@ -60,7 +60,12 @@ def _agent(info: dict[str, Any], dev: str, tmp_dir: str) -> tuple[float, int]:
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_agent_child, args=(info, dev, tmp_dir, child))
     proc.start()
-    result, hwm = parent.recv()
+    child.close()  # only the child holds its end now: if it dies, recv() sees EOF instead of hanging
+    try:
+        result, hwm = parent.recv()
+    except EOFError:
+        proc.join()
+        raise SystemExit(f"the agent's write process died (exit code {proc.exitcode}) before reporting") from None
     proc.join()
     return float(result["seconds"]), hwm  # write_image's own clock: interpreter start-up is not the write
 
