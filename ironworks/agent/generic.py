@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from ironworks.agent.hardware import HardwareError, HardwareManager, HardwareSupport, agent_step
@@ -203,10 +204,21 @@ class GenericHardwareManager(HardwareManager):
         return f"{verb} started"
 
     def set_rescue_password(self, password: str, *, hashed: bool = False, user: str = "rescue") -> None:
-        """Set the rescue user's password with chpasswd (only in a ramdisk)."""
-        if not self.ctx.ramdisk:
+        """Set the rescue user's password with chpasswd: in a ramdisk, or inside the agent's own
+        ``--root`` tree (``chpasswd -R``), never in the host's /etc."""
+        chroot = self.ctx.root.resolve() != Path("/")
+        if not self.ctx.ramdisk and not chroot:
             raise HardwareError("refusing to change a password outside a ramdisk")
-        argv = ["chpasswd", "-e"] if hashed else ["chpasswd"]
+        if not hashed:
+            # hashed here so chpasswd -e needs no PAM (absent in small ramdisks and in a chroot);
+            # the password goes through stdin, never argv
+            res = self.ctx.runner(["openssl", "passwd", "-6", "-stdin"], input=password + "\n", timeout=30)
+            if res.returncode != 0 or not res.stdout.strip().startswith("$"):
+                raise HardwareError(f"could not hash the rescue password with openssl (exit {res.returncode})")
+            password = res.stdout.strip()
+        argv = ["chpasswd", "-e"]
+        if chroot:
+            argv += ["-R", str(self.ctx.root.resolve())]
         res = self.ctx.runner(argv, input=f"{user}:{password}\n", timeout=60)
         if res.returncode != 0:  # chpasswd's message never contains the password
             raise HardwareError(f"chpasswd failed (exit {res.returncode}): {res.stderr.strip()[:200]}")

@@ -253,6 +253,12 @@ class Lab:
         nic = root / "sys/class/net/eth0"
         nic.mkdir(parents=True)
         (nic / "address").write_text(MAC + "\n")
+        # the ramdisk's rescue user, in the agent's own root (it sets passwords there with chpasswd -R)
+        (root / "etc").mkdir()
+        (root / "etc/passwd").write_text("rescue:x:1000:1000::/home/rescue:/bin/sh\n")
+        (root / "etc/group").write_text("rescue:x:1000:\n")
+        (root / "etc/shadow").write_text("rescue:!:19000:0:99999:7:::\n")
+        (root / "etc/shadow").chmod(0o640)
         port = free_loopback_port()
         log = self.tmp / f"agent{len(self.agents)}.log"
         argv = [
@@ -511,12 +517,9 @@ def test_erase_devices_zeroes_the_disk(lab: Lab) -> None:
 # ---- 6: rescue ------------------------------------------------------------------------------------------
 
 
-def test_rescue_outside_a_ramdisk_is_refused_clearly(lab: Lab, files: Files) -> None:
-    """The agent never changes a password outside a ramdisk, so the rescue cannot succeed here.
-
-    The user must see ``rescue failed`` with a last_error saying why (a node shown as ``rescue`` whose
-    password was never set would be a lie).
-    """
+def test_rescue_sets_the_password_and_unrescue_returns(lab: Lab, files: Files) -> None:
+    """rescue: the agent sets the rescue user's password (hashed, in its own root: never the host's
+    /etc), the node reaches ``rescue``; unrescue brings it back to ``active``."""
     data = os.urandom(4 * MIB)
     uuid = available_node(lab, **image_info(files.put("disk.raw", data), data))
     lab.provision(uuid, "active")
@@ -524,9 +527,13 @@ def test_rescue_outside_a_ramdisk_is_refused_clearly(lab: Lab, files: Files) -> 
 
     lab.provision(uuid, "rescue", rescue_password="s3cret-rescue")
     n = lab.run_with_agent(uuid, {"rescue", "rescue failed"})
-    assert n["provision_state"] == "rescue failed", lab.explain(uuid)
-    assert "refusing to change a password outside a ramdisk" in n["last_error"], n["last_error"]
+    assert n["provision_state"] == "rescue", lab.explain(uuid)
+    shadow = (lab.tmp / f"root{len(lab.agents) - 1}" / "etc/shadow").read_text()
+    user, hashed = shadow.split(":")[:2]
+    assert user == "rescue" and hashed.startswith("$6$") and "s3cret-rescue" not in shadow
     assert "s3cret-rescue" not in json.dumps(n) and "s3cret-rescue" not in json.dumps(lab.history(uuid))
+    lab.provision(uuid, "unrescue")
+    assert lab.wait(uuid, {"active", "unrescue failed"})["provision_state"] == "active", lab.explain(uuid)
 
 
 # ---- 7: the agent dies mid-deploy ---------------------------------------------------------------------

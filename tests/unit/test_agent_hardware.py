@@ -260,3 +260,16 @@ def test_collect_system_logs_is_a_bounded_tarball(monkeypatch: pytest.MonkeyPatc
     assert files["journal.log"] == (b"x" * 100 + b"journalctl")[-50:]  # the end is kept
     assert files["dmesg.log"].startswith(b"dmesg unavailable")
     assert json.loads(files["inventory.json"]) == {"cpu": {"count": 2}}
+
+
+def test_a_plain_rescue_password_is_hashed_through_stdin_then_set_with_chpasswd_e(tmp_path: Path) -> None:
+    class Hashing(Recorder):
+        def __call__(self, argv: Sequence[str], *, input: str | None = None, timeout: float = 60.0) -> RunResult:
+            super().__call__(argv, input=input, timeout=timeout)
+            return RunResult(0, "$6$salt$hashed\n") if argv[0] == "openssl" else RunResult(0, "")
+
+    runner = Hashing()
+    gen = GenericHardwareManager(HardwareContext(root=tmp_path, runner=runner))  # its own root, not a ramdisk
+    gen.set_rescue_password("pw")
+    assert runner.calls[0] == (["openssl", "passwd", "-6", "-stdin"], "pw\n")  # never in argv
+    assert runner.calls[1] == (["chpasswd", "-e", "-R", str(tmp_path.resolve())], "rescue:$6$salt$hashed\n")
