@@ -19,7 +19,7 @@ SYSTEM_PACKAGES=(postgresql-client ipmitool
     qemu-system-x86 qemu-utils ovmf ipxe-qemu libvirt-daemon-system libvirt-clients libvirt-dev pkg-config gcc
     iproute2
     # the agent's disk work (tests/integration/test_agent_*.py): sfdisk, config drive ISOs, erase, burn-in
-    fdisk genisoimage dosfstools hdparm nvme-cli stress-ng fio)
+    fdisk genisoimage dosfstools hdparm nvme-cli stress-ng fio openssl passwd)
 
 log() { printf '[dev.sh] %s\n' "$*" >&2; }
 
