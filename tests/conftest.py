@@ -3,7 +3,9 @@ in-process harness of API + conductor whose conductor runs only when the test dr
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +77,23 @@ class Harness:
     def drain(self) -> None:
         """Run every due action to completion."""
         self.conductor.drain(timeout=30)
+
+    @contextlib.contextmanager
+    def conductor_running(self) -> Iterator[None]:
+        """Run the conductor in a thread while the API waits for synchronous answers (boot device)."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(0.01):
+                self.conductor.run_pending()
+
+        t = threading.Thread(target=loop)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
 
     def create_node(self, **body: Any) -> dict[str, Any]:
         """POST /v1/nodes (fake-hardware unless told otherwise) and return the node."""

@@ -302,19 +302,9 @@ def test_maintenance_and_history(harness: Harness) -> None:
 
 
 def test_boot_device_and_validate(harness: Harness) -> None:
-    import threading
-
     node = harness.create_node()
     c, u = harness.client, node["uuid"]
-    stop = threading.Event()
-
-    def conductor() -> None:  # answer synchronous requests while the API waits for them
-        while not stop.wait(0.01):
-            harness.conductor.run_pending()
-
-    t = threading.Thread(target=conductor)
-    t.start()
-    try:
+    with harness.conductor_running():  # answers synchronous requests while the API waits for them
         assert (
             c.put(f"/v1/nodes/{u}/management/boot_device", json={"boot_device": "pxe", "persistent": True}).status_code
             == 204
@@ -325,9 +315,6 @@ def test_boot_device_and_validate(harness: Harness) -> None:
         }
         assert "cdrom" in c.get(f"/v1/nodes/{u}/management/boot_device/supported").json()["supported_boot_devices"]
         assert c.put(f"/v1/nodes/{u}/management/boot_device", json={"boot_device": "floppy"}).status_code == 400
-    finally:
-        stop.set()
-        t.join()
     result = c.get(f"/v1/nodes/{u}/validate").json()
     assert result["power"] == {"result": True, "reason": None}
     patched = c.patch(f"/v1/nodes/{u}", json=[{"op": "replace", "path": "/inspect_interface", "value": "no-inspect"}])
@@ -349,16 +336,8 @@ def test_list_and_show_render_a_node_identically(harness: Harness) -> None:
 
 
 def test_bmc_errors_keep_their_status_through_the_queue(sqlite_harness: Harness) -> None:
-    import threading
-
     h = sqlite_harness
     node = h.create_node(driver_info={"fake_power_fail": True})
-    stop = threading.Event()
-    t = threading.Thread(target=lambda: [h.conductor.run_pending() for _ in iter(lambda: stop.wait(0.01), True)])
-    t.start()
-    try:
+    with h.conductor_running():
         r = h.client.get(f"/v1/nodes/{node['uuid']}/management/boot_device")
-    finally:
-        stop.set()
-        t.join()
     assert r.status_code == 502 and "unreachable" in fault(r)

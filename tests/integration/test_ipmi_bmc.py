@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,24 +93,6 @@ def enroll(h: Harness, bmc: FakeIpmiBmc, **info: Any) -> str:
     return uuid
 
 
-@contextmanager
-def conductor_answering(h: Harness) -> Iterator[None]:
-    """Run the conductor in a thread while the API waits for synchronous (boot device) answers."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(0.01):
-            h.conductor.run_pending()
-
-    t = threading.Thread(target=loop)
-    t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        t.join()
-
-
 def set_power(h: Harness, uuid: str, target: str) -> dict[str, Any]:
     r = h.client.put(f"/v1/nodes/{uuid}/states/power", json={"target": target, "timeout": 20})
     assert r.status_code == 202, r.text
@@ -152,7 +133,7 @@ def test_manage_power_and_boot_device(harness: Harness, bmc: FakeIpmiBmc, runner
     assert bmc.state()["power"] == "off"
 
     c = h.client
-    with conductor_answering(h):
+    with h.conductor_running():
         assert put_boot_device(h, u, "pxe", persistent=True) == 204
         assert c.get(f"/v1/nodes/{u}/management/boot_device").json() == {"boot_device": "pxe", "persistent": True}
         state = bmc.state()
@@ -162,7 +143,7 @@ def test_manage_power_and_boot_device(harness: Harness, bmc: FakeIpmiBmc, runner
         assert c.get(f"/v1/nodes/{u}/management/boot_device").json() == {"boot_device": "cdrom", "persistent": False}
     assert set_power(h, u, "power on")["power_state"] == "power on"
     assert bmc.state()["boots"][-1] == {"device": "cdrom", "efi": False, "persistent": False}
-    with conductor_answering(h):
+    with h.conductor_running():
         # a one-time device is used once: the BMC cleared it when the machine booted
         assert c.get(f"/v1/nodes/{u}/management/boot_device").json() == {"boot_device": None, "persistent": False}
 
@@ -208,6 +189,6 @@ def test_stopped_bmc_is_reported_unreachable(harness: Harness, bmc: FakeIpmiBmc,
     assert node["power_state"] == "power off" and node["provision_state"] == "manageable"
     assert len(runner.calls) - before == RETRY.attempts, "an unanswered call is retried"
 
-    with conductor_answering(harness):
+    with harness.conductor_running():
         r = harness.client.get(f"/v1/nodes/{u}/management/boot_device")
     assert r.status_code >= 500 and "could not be reached for 'chassis bootparam get 5'" in r.text

@@ -6,10 +6,8 @@ after the request, so every power request here waits for the BMC as it would for
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,24 +76,6 @@ def settle(h: Harness, uuid: str, *, timeout: float = 90.0) -> dict[str, Any]:
     raise AssertionError(f"node {uuid} is still {h.node(uuid)['provision_state']} after {timeout:g}s")
 
 
-@contextmanager
-def conductor_thread(h: Harness) -> Iterator[None]:
-    """Answer synchronous API requests (boot device) while the test waits for them."""
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.wait(0.01):
-            h.conductor.run_pending()
-
-    t = threading.Thread(target=run)
-    t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        t.join()
-
-
 def redfish_node(h: Harness, emu: RedfishEmulator, **info: Any) -> str:
     node = h.create_node(driver="redfish", driver_info=emu.driver_info(**info))
     return str(node["uuid"])
@@ -131,7 +111,7 @@ def test_manage_power_and_boot_device(rf_harness: Harness, redfish_emulator: Red
         assert node["last_error"] is None, node["last_error"]
         assert node["power_state"] == f"power {expected.lower()}" and bmc_power(emu) == expected
 
-    with conductor_thread(h):
+    with h.conductor_running():
         c = h.client
         assert c.get(f"/v1/nodes/{u}/management/boot_device/supported").json() == {
             "supported_boot_devices": ["pxe", "disk", "cdrom"]  # the emulator lists no BiosSetup
