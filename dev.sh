@@ -19,7 +19,11 @@ SYSTEM_PACKAGES=(postgresql-client ipmitool
     qemu-system-x86 qemu-utils ovmf ipxe-qemu libvirt-daemon-system libvirt-clients libvirt-dev pkg-config gcc
     iproute2
     # the agent's disk work (tests/integration/test_agent_*.py): sfdisk, config drive ISOs, erase, burn-in
-    fdisk genisoimage dosfstools hdparm nvme-cli stress-ng fio openssl passwd)
+    fdisk genisoimage dosfstools hdparm nvme-cli stress-ng fio openssl passwd
+    # network boot (tests/e2e, tests/integration/test_netboot_*.py): dnsmasq's binary without its system
+    # service, boot loaders served over TFTP/HTTP, and the ramdisk/ISO builder's tools
+    dnsmasq-base ipxe pxelinux syslinux-common isolinux grub-efi-amd64-bin grub-pc-bin mtools xorriso
+    busybox-static cpio zstd kmod udhcpc)
 
 log() { printf '[dev.sh] %s\n' "$*" >&2; }
 
