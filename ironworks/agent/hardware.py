@@ -8,6 +8,12 @@ the first that has the method handles it, unless it raises ``IncompatibleHardwar
 which passes the call on to the next one. A step is a method marked with ``@agent_step``; steps are
 dispatched by name, so a vendor manager that defines ``erase_devices`` takes that step over while
 every other call still reaches the generic manager.
+
+BIOS and RAID are hooks for vendor managers: the generic manager knows no vendor tool, so it offers
+none of them. A manager that can configure the machine declares steps on the ``bios`` interface
+(``apply_configuration(settings=[{"name", "value"}])``, ``factory_reset()``) or the ``raid`` interface
+(``create_configuration(target_raid_config={"logical_disks": [...]})``, ``delete_configuration()``);
+the conductor's ``agent`` bios and raid interfaces run them as clean (and BIOS also as service) steps.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ LOG = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "ironworks.agent.hardware_managers"
 STEP_KINDS = ("clean", "deploy", "service")
+#: the conductor-side interface a step belongs to: the agent's own work, or a vendor hook
+STEP_INTERFACES = ("deploy", "bios", "raid")
 _STEP_ATTR = "_ironworks_agent_steps"
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,13 +82,14 @@ class AgentStep:
     priority: int
     abortable: bool = False
     argsinfo: dict[str, dict[str, Any]] | None = None
+    interface: str = "deploy"
 
     def as_dict(self) -> dict[str, Any]:
         """The wire shape of the step (IPA's)."""
         return {
             "step": self.name,
             "priority": self.priority,
-            "interface": "deploy",
+            "interface": self.interface,
             "reboot_requested": False,
             "abortable": self.abortable,
             "argsinfo": self.argsinfo,
@@ -88,14 +97,21 @@ class AgentStep:
 
 
 def agent_step(
-    kind: str, *, priority: int = 0, abortable: bool = False, argsinfo: dict[str, dict[str, Any]] | None = None
+    kind: str,
+    *,
+    priority: int = 0,
+    abortable: bool = False,
+    argsinfo: dict[str, dict[str, Any]] | None = None,
+    interface: str = "deploy",
 ) -> Callable[[F], F]:
     """Mark a manager method as a ``kind`` step; it is called as ``method(node=, ports=, **args)``."""
     if kind not in STEP_KINDS:
         raise ValueError(f"step kind must be one of {STEP_KINDS}, not {kind!r}")
+    if interface not in STEP_INTERFACES:
+        raise ValueError(f"step interface must be one of {STEP_INTERFACES}, not {interface!r}")
 
     def mark(func: F) -> F:
-        info = AgentStep(kind, func.__name__, priority, abortable, argsinfo)
+        info = AgentStep(kind, func.__name__, priority, abortable, argsinfo, interface)
         setattr(func, _STEP_ATTR, (*getattr(func, _STEP_ATTR, ()), info))
         return func
 
@@ -194,14 +210,17 @@ class Managers:
         versions = {m.name: m.HARDWARE_MANAGER_VERSION for m in self.ordered}
         return {f"{kind}_steps": per_manager, "hardware_manager_version": versions}
 
-    def find_step(self, kind: str, name: str) -> AgentStep:
-        """The step ``name`` as the most specific manager declares it."""
+    def find_step(self, kind: str, name: str, interface: str | None = None) -> AgentStep:
+        """The step ``name`` (of ``interface``, when given) as the most specific manager declares it."""
         for manager in self.ordered:
             for info in manager.steps(kind):
-                if info.name == name:
+                if info.name == name and interface in (None, info.interface):
                     return info
-        known = sorted({i.name for m in self.ordered for i in m.steps(kind)})
-        raise HardwareManagerMethodNotFound(f"no {kind} step {name!r} on this machine; known: {', '.join(known)}")
+        known = sorted({f"{i.interface}.{i.name}" for m in self.ordered for i in m.steps(kind)})
+        what = f"{interface}.{name}" if interface else name
+        raise HardwareManagerMethodNotFound(
+            f"no {kind} step {what!r} on this machine; known: {', '.join(known) or 'none'}"
+        )
 
     def execute_step(self, kind: str, step: dict[str, Any], node: dict[str, Any], ports: list[Any]) -> Any:
         """Run a step dict (``{"step", "args", ...}``) after checking its arguments."""
@@ -211,7 +230,10 @@ class Managers:
         args = step.get("args") or {}
         if not isinstance(args, dict):
             raise InvalidStepArgs(f"{kind} step {name!r}: args must be an object")
-        check_step_args(self.find_step(kind, name), args)
+        interface = step.get("interface")
+        if interface is not None and not isinstance(interface, str):
+            raise InvalidStepArgs(f"{kind} step {name!r}: interface must be a string")
+        check_step_args(self.find_step(kind, name, interface), args)
         return self.call(name, node=node, ports=ports, **args)
 
 

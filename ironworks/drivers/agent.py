@@ -164,19 +164,22 @@ class AgentMixin:
             return Done(outcome)
         return Failed("agent_command_failed", f"The agent's {name} failed: {command_error_message(result)}")
 
-    def run_step(self, task: Task, kind: str, name: str, args: dict[str, Any]) -> Outcome:
+    def run_step(
+        self, task: Task, kind: str, name: str, args: dict[str, Any], *, interface: str = "deploy"
+    ) -> Outcome:
         """Boot the agent if needed, then have it execute step ``name`` of ``kind`` (clean/service)."""
         waiting = self.boot_agent(task, purpose=f"{kind} step {name}")
         if waiting is not None:
             return waiting
         params = {
-            "step": {"interface": "deploy", "step": name, "args": args, "priority": 0},
+            "step": {"interface": interface, "step": name, "args": args, "priority": 0},
             "node": {"uuid": task.node.uuid, "properties": task.node.properties},
             "ports": [{"address": p.address} for p in task.ports],
         }
         if kind == "clean":
             params["clean_version"] = None
-        return self.run_command(task, f"{kind}_{name}", f"{kind}.execute_{kind}_step", params)
+        slot = f"{kind}_{name}" if interface == "deploy" else f"{kind}_{interface}_{name}"
+        return self.run_command(task, slot, f"{kind}.execute_{kind}_step", params)
 
 
 class AgentDeploy(AgentMixin, DeployInterface):

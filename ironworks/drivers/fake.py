@@ -362,8 +362,8 @@ class FakeHardware(HardwareType):
         "deploy": ["fake", "agent"],
         "inspect": ["fake", "no-inspect"],
         "firmware": ["fake", "no-firmware"],
-        "bios": ["fake", "no-bios"],
-        "raid": ["fake", "no-raid"],
+        "bios": ["fake", "no-bios", "agent"],
+        "raid": ["fake", "no-raid", "agent"],
         "console": ["fake", "no-console"],
         "rescue": ["fake", "agent", "no-rescue"],
     }

@@ -329,9 +329,9 @@ class IpmiHardware(HardwareType):
         "boot": ["fake"],
         "deploy": ["fake", "agent"],
         "inspect": ["no-inspect"],
-        "bios": ["no-bios"],
+        "bios": ["no-bios", "agent"],
         "firmware": ["no-firmware"],
-        "raid": ["no-raid"],
+        "raid": ["no-raid", "agent"],
         "console": ["no-console"],
         "rescue": ["no-rescue"],
     }

@@ -292,8 +292,8 @@ class RedfishHardware(HardwareType):
         "deploy": ["fake", "agent"],
         "inspect": ["redfish", "no-inspect"],
         "firmware": ["redfish", "no-firmware"],
-        "bios": ["redfish", "no-bios"],
-        "raid": ["no-raid"],
+        "bios": ["redfish", "no-bios", "agent"],
+        "raid": ["no-raid", "agent"],
         "console": ["no-console"],
         "rescue": ["no-rescue"],
     }

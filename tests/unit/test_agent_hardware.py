@@ -212,7 +212,14 @@ def test_vendor_manager_wins_its_step_and_passes_the_rest_on(monkeypatch: pytest
     assert VendorHardwareManager(HardwareContext(root=tmp_path / "other")).evaluate_hardware_support() == 0
     managers = Managers([GenericHardwareManager(ctx), vendor])
     steps = managers.get_steps("clean", {}, [])["clean_steps"]
-    assert [s["step"] for s in steps["example_vendor_hardware_manager"]] == ["update_vendor_firmware"]
+    listed = {(s["interface"], s["step"]) for s in steps["example_vendor_hardware_manager"]}
+    assert listed == {
+        ("deploy", "update_vendor_firmware"),
+        ("bios", "apply_configuration"),
+        ("bios", "factory_reset"),
+        ("raid", "create_configuration"),
+        ("raid", "delete_configuration"),
+    }
     step = {"step": "update_vendor_firmware", "args": {"version": "2.1"}}
     assert managers.execute_step("clean", step, {}, []) == {"vendor": "ExampleVendor", "firmware_version": "2.1"}
     fake_module(monkeypatch, "burnin", burnin_cpu=lambda **args: {"by": "generic", **args})
@@ -220,6 +227,39 @@ def test_vendor_manager_wins_its_step_and_passes_the_rest_on(monkeypatch: pytest
         "by": "generic",
         "timeout": 5,
     }
+
+
+def test_bios_and_raid_hooks_dispatch_by_interface_and_check_their_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO / "examples/vendor_manager"))
+    monkeypatch.setenv("IRONWORKS_EXAMPLE_VENDOR", "1")
+    VendorHardwareManager = importlib.import_module("ironworks_example_vendor").VendorHardwareManager
+    ctx = HardwareContext(runner=Recorder())
+    managers = Managers([GenericHardwareManager(ctx), VendorHardwareManager(ctx)])
+
+    def run(interface: str, name: str, **args: Any) -> Any:
+        return managers.execute_step("clean", {"interface": interface, "step": name, "args": args}, {}, [])
+
+    done = run("bios", "apply_configuration", settings=[{"name": "ProcTurboMode", "value": "Disabled"}])
+    assert done["bios_settings"]["ProcTurboMode"] == "Disabled"
+    assert run("bios", "factory_reset")["bios_settings"]["ProcTurboMode"] == "Enabled"
+    with pytest.raises(InvalidStepArgs, match=r"unknown setting 'NoSuch'.*known settings: BootMode"):
+        run("bios", "apply_configuration", settings=[{"name": "NoSuch", "value": "1"}])
+    target = {"logical_disks": [{"size_gb": "MAX", "raid_level": "1"}]}
+    made = run("raid", "create_configuration", target_raid_config=target)["raid_config"]["logical_disks"]
+    assert made == [{"raid_level": "1", "size_gb": "MAX", "controller": "example-raid-0", "volume_name": "vd0"}]
+    with pytest.raises(InvalidStepArgs, match="raid_level '7'; supported: 0, 1, 5"):
+        run("raid", "create_configuration", target_raid_config={"logical_disks": [{"size_gb": 1, "raid_level": "7"}]})
+    with pytest.raises(InvalidStepArgs, match="missing required argument 'target_raid_config'"):
+        run("raid", "create_configuration")
+    assert run("raid", "delete_configuration") == {"raid_config": {"logical_disks": []}}
+    # the interface is part of the step's identity: no raid step called factory_reset exists
+    missing = r"no clean step 'raid\.factory_reset'.*bios\.factory_reset"
+    with pytest.raises(HardwareManagerMethodNotFound, match=missing):
+        run("raid", "factory_reset")
+    # without a vendor manager the generic one offers no hook at all
+    generic_only = Managers([GenericHardwareManager(ctx)])
+    with pytest.raises(HardwareManagerMethodNotFound, match=r"no clean step 'bios\.apply_configuration'"):
+        generic_only.execute_step("clean", {"interface": "bios", "step": "apply_configuration", "args": {}}, {}, [])
 
 
 def test_vendor_manager_installs_as_an_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
