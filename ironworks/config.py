@@ -100,6 +100,29 @@ class FakeConfig:
 
 
 @dataclass(slots=True)
+class DhcpConfig:
+    """``[dhcp]``: the DHCP provider for network boot, and the dnsmasq Ironworks may run itself."""
+
+    #: ``dnsmasq`` (host and option files in hostsdir/optsdir) or ``none`` (Ironworks touches no DHCP)
+    provider: str = "dnsmasq"
+    #: dnsmasq's dhcp-hostsdir / dhcp-optsdir; "" = ``<state_dir>/dhcp/hostsdir.d`` / ``optsdir.d``
+    hostsdir: str = ""
+    optsdir: str = ""
+    #: start and supervise dnsmasq from ``serve`` / ``conductor`` (off: an operator runs dnsmasq)
+    manage_dnsmasq: bool = False
+    #: the provisioning network's interface and dnsmasq's dhcp-range for it (managed dnsmasq only)
+    interface: str = ""
+    dhcp_range: str = ""
+    #: MACs no node owns: ``ignore`` them, or ``discovery`` (boot the default iPXE/PXE config)
+    unknown_macs: str = "ignore"
+    dnsmasq_binary: str = "dnsmasq"
+    #: extra dnsmasq.conf lines, appended verbatim to the generated file
+    extra_options: list[str] = field(default_factory=list)
+    #: IPv6 router advertisements on the interface (iPXE otherwise waits ~13 s for IPv6)
+    enable_ra: bool = False
+
+
+@dataclass(slots=True)
 class Config:
     """Everything Ironworks reads from outside, in one object."""
 
@@ -109,6 +132,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     conductor: ConductorConfig = field(default_factory=ConductorConfig)
     fake: FakeConfig = field(default_factory=FakeConfig)
+    dhcp: DhcpConfig = field(default_factory=DhcpConfig)
 
     @property
     def state_path(self) -> Path:
@@ -130,7 +154,13 @@ def default_state_dir(environ: dict[str, str] | None = None) -> str:
     return str(Path(base) / "ironworks")
 
 
-_SECTIONS = {"api": ApiConfig, "database": DatabaseConfig, "conductor": ConductorConfig, "fake": FakeConfig}
+_SECTIONS = {
+    "api": ApiConfig,
+    "database": DatabaseConfig,
+    "conductor": ConductorConfig,
+    "fake": FakeConfig,
+    "dhcp": DhcpConfig,
+}
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
