@@ -276,6 +276,18 @@ class SystemExtension(_ManagerExtension):
         return {"inventory": self.managers.call("get_inventory")}
 
 
+class PollExtension(_ManagerExtension):
+    """IPA's ``poll`` extension: what in-band inspection asks the agent for."""
+
+    name = "poll"
+
+    @command(sync=True)
+    def get_hardware_info(self) -> dict[str, Any]:
+        """The hardware inventory itself (IPA's shape: ``cpu``, ``memory``, ``disks``, ``interfaces`` ...)."""
+        inventory: dict[str, Any] = self.managers.call("get_inventory")
+        return inventory
+
+
 class LogExtension(_ManagerExtension):
     """Logs for the conductor to keep."""
 
@@ -334,6 +346,7 @@ def default_extensions(
         DeployExtension(managers, ctx),
         ServiceExtension(managers, ctx),
         SystemExtension(managers, ctx),
+        PollExtension(managers, ctx),
         LogExtension(managers, ctx),
         RescueExtension(managers, ctx, on_finalized=on_rescue),
     ]

@@ -20,7 +20,9 @@ from ironworks.conductor import steps as stepslib
 from ironworks.conductor.engine import STEP_KIND, FlowEngine, describe_error
 from ironworks.conductor.queue import ClaimedAction
 from ironworks.conductor.task import TaskContext
-from ironworks.db.models import Port, utcnow
+from ironworks.db.models import NodeInventory, Port, utcnow
+from ironworks.drivers.agent import AGENT_KEYS
+from ironworks.drivers.agent_inspect import AgentInspect
 from ironworks.drivers.base import (
     BootInterface,
     DeployInterface,
@@ -28,7 +30,7 @@ from ironworks.drivers.base import (
     ManagementInterface,
     RescueInterface,
 )
-from ironworks.drivers.steps import Done, Failed, Wait
+from ironworks.drivers.steps import Done, Failed, Outcome, Wait
 from ironworks.errors import IronworksError
 
 LOG = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ class FlowRunner(FlowEngine):
         if action.kind == "management":
             return self.management(task, action.name, action.args)
         if action.kind == "agent":
+            if action.name == "continue_inspection":
+                return self.continue_inspection(task)
             return self.agent_heartbeat(task, action.args)
         if action.kind == "provision":
             state = S(task.node.provision_state)
@@ -146,13 +150,60 @@ class FlowRunner(FlowEngine):
         task.transition(E.DONE)
 
     def _flow_inspect(self, task: TaskContext, args: dict[str, Any]) -> None:
+        # a new inspection boots a new ramdisk: nothing of an earlier agent (say one whose inspection
+        # timed out, token included) may stand in for it
+        for key in AGENT_KEYS:
+            task.node.driver_internal_info.pop(key, None)
         task.set(inspection_started_at=utcnow(), inspection_finished_at=None)
         self._inspect(task)
 
     def _inspect(self, task: TaskContext) -> None:
         inspect = task.driver["inspect"]
         assert isinstance(inspect, InspectInterface)
-        outcome = inspect.inspect_hardware(task)
+        self._inspected(task, inspect.inspect_hardware(task))
+
+    def continue_inspection(self, task: TaskContext) -> dict[str, Any]:
+        """The agent posted its inventory (``/v1/continue_inspection``, stored by the API): finish with it."""
+        inspect = task.driver["inspect"]
+        state = S(task.node.provision_state)
+        problem = None
+        if state != S.INSPECT_WAIT:
+            problem = f"the node is {state.value}, not inspect wait"
+        elif not isinstance(inspect, AgentInspect):
+            problem = f"its inspect interface is {inspect.name!r}, not 'agent'"
+        elif task.db_node.maintenance:
+            problem = "the node is in maintenance"
+        stored = self._stored_inventory(task) if problem is None else None
+        if problem is None and stored is None:
+            problem = "no inventory is stored"
+        if problem is not None or stored is None or not isinstance(inspect, AgentInspect):
+            task.event("inspection", f"Inspection data posted by the agent was not used: {problem}", severity="WARNING")
+            task.save()
+            return {"skipped": problem}
+        task.transition(E.RESUME, save=False)
+        try:
+            outcome = inspect.process_inventory(task, stored[0], stored[1])
+        except Exception as exc:  # a flow must never leave a node half-moved
+            LOG.exception("node %s: processing posted inspection data failed", task.node.uuid)
+            outcome = Failed("exception", describe_error(exc))
+        self._inspected(task, outcome)
+        return {"state": task.node.provision_state}
+
+    def _stored_inventory(self, task: TaskContext) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        with self.db.read() as s:
+            row = s.execute(select(NodeInventory).where(NodeInventory.node_id == task.node.id)).scalar_one_or_none()
+            return None if row is None else (dict(row.inventory or {}), dict(row.plugin_data or {}))
+
+    def _store_inventory(self, task: TaskContext, inventory: dict[str, Any], plugin_data: dict[str, Any]) -> None:
+        with self.db.write() as s:
+            row = s.execute(select(NodeInventory).where(NodeInventory.node_id == task.node.id)).scalar_one_or_none()
+            if row is None:
+                s.add(NodeInventory(node_id=task.node.id, inventory=inventory, plugin_data=plugin_data))
+            else:
+                row.inventory, row.plugin_data = inventory, plugin_data
+
+    def _inspected(self, task: TaskContext, outcome: Outcome) -> None:
+        """Apply an inspect interface's outcome: wait, fail, or store what it found and finish."""
         if isinstance(outcome, Wait):
             self._wait(task, outcome)
             return
@@ -160,6 +211,8 @@ class FlowRunner(FlowEngine):
             self.fail(task, outcome.message)
             return
         result = (outcome.result if isinstance(outcome, Done) else None) or {}
+        if isinstance(result.get("inventory"), dict):
+            self._store_inventory(task, result["inventory"], dict(result.get("plugin_data") or {}))
         props = {**task.node.properties, **result.get("properties", {})}
         task.set(properties=props, inspection_finished_at=utcnow())
         mgmt = task.driver.interfaces.get("management")

@@ -1,5 +1,5 @@
 """SQLAlchemy 2 models: nodes, ports, conductors, the durable action queue, node events (the
-timeline), firmware components and BIOS settings.
+timeline), firmware components, BIOS settings and node inventories (what in-band inspection found).
 
 Timestamps are naive UTC (``utcnow()``); the API renders them with ``+00:00``. Secret values inside
 ``driver_info``, ``instance_info`` and ``driver_internal_info`` are stored encrypted (see
@@ -244,5 +244,22 @@ class BiosSetting(Base):
     read_only: Mapped[bool | None] = mapped_column(Boolean)
     reset_required: Mapped[bool | None] = mapped_column(Boolean)
     unique: Mapped[bool | None] = mapped_column(Boolean)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, onupdate=utcnow)
+
+
+class NodeInventory(Base):
+    """The last inventory in-band inspection stored for a node (``GET /v1/nodes/{id}/inventory``).
+
+    A table of its own, not a key of ``driver_internal_info``: an inventory runs to tens of KiB and
+    would otherwise be read, decrypted and sent with every node.
+    """
+
+    __tablename__ = "node_inventories"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), unique=True)
+    inventory: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    plugin_data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, onupdate=utcnow)

@@ -360,7 +360,7 @@ class FakeHardware(HardwareType):
         "management": ["fake"],
         "boot": ["fake"],
         "deploy": ["fake", "agent"],
-        "inspect": ["fake", "no-inspect"],
+        "inspect": ["fake", "agent", "no-inspect"],
         "firmware": ["fake", "no-firmware"],
         "bios": ["fake", "no-bios", "agent"],
         "raid": ["fake", "no-raid", "agent"],

@@ -328,7 +328,7 @@ class IpmiHardware(HardwareType):
         # network boot (PXE/iPXE) arrives with the boot interfaces of a later issue; fake until then
         "boot": ["fake"],
         "deploy": ["fake", "agent"],
-        "inspect": ["no-inspect"],
+        "inspect": ["no-inspect", "agent"],
         "bios": ["no-bios", "agent"],
         "firmware": ["no-firmware"],
         "raid": ["no-raid", "agent"],

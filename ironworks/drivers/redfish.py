@@ -290,7 +290,7 @@ class RedfishHardware(HardwareType):
         "management": ["redfish"],
         "boot": ["fake"],
         "deploy": ["fake", "agent"],
-        "inspect": ["redfish", "no-inspect"],
+        "inspect": ["redfish", "agent", "no-inspect"],
         "firmware": ["redfish", "no-firmware"],
         "bios": ["redfish", "no-bios", "agent"],
         "raid": ["no-raid", "agent"],

@@ -13,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 
 from ironworks.api.app import check_listen_policy
 from ironworks.api.auth import make_htpasswd_line
+from ironworks.db.engine import SCHEMA_HEAD
 from ironworks.db.models import Base
 from ironworks.errors import ConfigError
 from tests.conftest import Harness, make_config
@@ -94,4 +95,4 @@ def test_db_upgrade_command_and_schema_check(tmp_path: Path, db_url: str) -> Non
         [str(exe), "db", "upgrade", "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=60, env=env
     )
     assert r.returncode == 0, r.stderr
-    assert "0001" in r.stdout
+    assert f"revision {SCHEMA_HEAD}" in r.stdout
