@@ -89,6 +89,17 @@ def make_app(rt: Runtime, conductor: Any = None) -> Any:
     return create_app(rt.config, rt.db, rt.drivers, on_startup=conductor.start, on_shutdown=conductor.stop)
 
 
+def start_dhcp_server(config: Config) -> Any:
+    """Start and supervise dnsmasq when ``[dhcp] manage_dnsmasq`` is on (its ``stop()`` ends it); else None."""
+    if not config.dhcp.manage_dnsmasq:
+        return None
+    from ironworks.netboot.dnsmasq_process import DnsmasqSupervisor
+
+    supervisor = DnsmasqSupervisor(config)
+    supervisor.start()
+    return supervisor
+
+
 def freeze_heap() -> None:
     """Move everything allocated at start-up out of the garbage collector's view.
 
