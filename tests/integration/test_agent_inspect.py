@@ -170,7 +170,8 @@ def test_continue_inspection_refusals(h: Harness) -> None:
     post = h.client.post
     r = post("/v1/continue_inspection", json={"inventory": INVENTORY})
     assert r.status_code == 400 and "'manageable'" in r.text and "inspect wait" in r.text  # not inspecting
-    r = post("/v1/continue_inspection", json={"inventory": INVENTORY}, headers={"X-OpenStack-Ironic-API-Version": "1.83"})
+    v183 = {"X-OpenStack-Ironic-API-Version": "1.83"}
+    r = post("/v1/continue_inspection", json={"inventory": INVENTORY}, headers=v183)
     assert r.status_code == 404 and "1.84" in r.text
     assert post("/v1/continue_inspection", json={"inv": {}}).status_code == 400
     r = post("/v1/continue_inspection", json={"inventory": {"interfaces": []}})
