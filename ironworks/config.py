@@ -123,6 +123,45 @@ class DhcpConfig:
 
 
 @dataclass(slots=True)
+class NetbootConfig:
+    """``[netboot]``: where network boot files go, how machines fetch them, loaders and templates."""
+
+    #: TFTP root (dnsmasq serves it); "" = ``<state_dir>/tftpboot``
+    tftp_root: str = ""
+    #: HTTP root served at ``/boot/`` (or by an external web server); "" = ``<state_dir>/httpboot``
+    http_root: str = ""
+    #: URL machines fetch http_root at; "" = ``[api] public_url`` (or ``http://<host>:<port>``) + ``/boot``
+    http_url: str = ""
+    #: TFTP server address given to machines (DHCP option 66, next-server); "" = the host of http_url
+    tftp_server: str = ""
+    #: operator extras appended to every ramdisk kernel command line
+    kernel_append_params: str = "console=ttyS0,115200n8"
+    #: boot mode when neither capabilities nor the BMC say: ``bios`` or ``uefi``
+    default_boot_mode: str = "bios"
+    #: template overrides (paths of Jinja2 files); "" = the built-in template
+    pxe_template: str = ""
+    ipxe_template: str = ""
+    grub_template: str = ""
+    petitboot_template: str = ""
+    #: boot loaders placed into the TFTP (and HTTP) root on first use
+    pxe_bios_loader: str = "/usr/lib/PXELINUX/pxelinux.0"
+    pxe_bios_modules: list[str] = field(default_factory=lambda: ["/usr/lib/syslinux/modules/bios/ldlinux.c32"])
+    pxe_uefi_loader: str = "/usr/lib/grub/x86_64-efi/monolithic/grubnetx64.efi"
+    ipxe_bios_loader: str = "/usr/lib/ipxe/undionly.kpxe"
+    ipxe_uefi_loader: str = "/usr/lib/ipxe/snponly.efi"
+    #: the API serves http_root at ``/boot/`` (read-only, no authentication: machines fetch it)
+    serve_http: bool = True
+
+
+@dataclass(slots=True)
+class PetitbootConfig:
+    """``[petitboot]``: how petitboot fetches its config and images (DHCP option 210)."""
+
+    #: ``tftp`` or ``http``
+    protocol: str = "tftp"
+
+
+@dataclass(slots=True)
 class Config:
     """Everything Ironworks reads from outside, in one object."""
 
@@ -133,6 +172,8 @@ class Config:
     conductor: ConductorConfig = field(default_factory=ConductorConfig)
     fake: FakeConfig = field(default_factory=FakeConfig)
     dhcp: DhcpConfig = field(default_factory=DhcpConfig)
+    netboot: NetbootConfig = field(default_factory=NetbootConfig)
+    petitboot: PetitbootConfig = field(default_factory=PetitbootConfig)
 
     @property
     def state_path(self) -> Path:
@@ -160,6 +201,8 @@ _SECTIONS = {
     "conductor": ConductorConfig,
     "fake": FakeConfig,
     "dhcp": DhcpConfig,
+    "netboot": NetbootConfig,
+    "petitboot": PetitbootConfig,
 }
 
 
