@@ -31,6 +31,18 @@ _BURNIN_MEMORY_ARGS = {
                  "type": "string"},
 }  # fmt: skip
 _BURNIN_DISK_ARGS = {"runtime": _SECONDS}
+_BURNIN_NETWORK_ARGS = {
+    "role": {"description": "reader (listens) or writer (connects to the partner)", "required": True,
+             "type": "string"},
+    "partner": {"description": "host name or address of the reader (writer only)", "required": False,
+                "type": "string"},
+    "port": {"description": "TCP port the reader listens on (default 9000)", "required": False, "type": "integer"},
+    "runtime": _SECONDS,
+    "timeout": {"description": "seconds to wait for the partner (default 300)", "required": False,
+                "type": "integer"},
+    "size": {"description": "fio size of one pass, e.g. 64m or 1g (default 1g)", "required": False,
+             "type": "string"},
+}  # fmt: skip
 _FIRMWARE_ARGS = {
     "url": {"description": "URL of the firmware tarball (with a runme.sh)", "required": True, "type": "string"},
     "checksum": {"description": "SHA-256 of the tarball", "required": False, "type": "string"},
@@ -180,6 +192,14 @@ class GenericHardwareManager(HardwareManager):
         from ironworks.agent import burnin
 
         return burnin.burnin_disk(self._device_paths(), allowlist=self.ctx.allowed_devices, **args)
+
+    @agent_step("clean", priority=0, argsinfo=_BURNIN_NETWORK_ARGS)
+    @agent_step("service", priority=0, argsinfo=_BURNIN_NETWORK_ARGS)
+    def burnin_network(self, *, node: dict[str, Any], ports: list[Any], **args: Any) -> dict[str, Any]:
+        """Stream traffic to or from a partner agent with fio's net engine (a reader and a writer)."""
+        from ironworks.agent import burnin
+
+        return burnin.burnin_network(**args)
 
     def sync(self) -> None:
         """Flush file system buffers."""

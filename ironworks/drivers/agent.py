@@ -46,6 +46,14 @@ FIRMWARE_ARGS = {
     "timeout": {"description": "seconds runme.sh may run (default 1800)", "required": False, "type": "integer"},
 }
 BURNIN_ARGS = {"timeout": {"description": "seconds to run", "required": False, "type": "integer"}}
+BURNIN_NETWORK_ARGS = {
+    "role": {"description": "reader (listens) or writer (connects to partner)", "required": True, "type": "string"},
+    "partner": {"description": "host or address of the reader (writer only)", "required": False, "type": "string"},
+    "port": {"description": "TCP port of the reader (default 9000)", "required": False, "type": "integer"},
+    "runtime": {"description": "seconds of traffic (default 60)", "required": False, "type": "integer"},
+    "timeout": {"description": "seconds to wait for the partner (default 300)", "required": False, "type": "integer"},
+    "size": {"description": "fio size of one pass, e.g. 64m (default 1g)", "required": False, "type": "string"},
+}
 
 
 #: at most this many characters of an agent's answer go into the timeline
@@ -302,6 +310,11 @@ class AgentDeploy(AgentMixin, DeployInterface):
     def burnin_disk(self, task: Task, **args: Any) -> Outcome:
         """Exercise every disk (fio, with verification)."""
         return self.run_step(task, "clean", "burnin_disk", args)
+
+    @step("clean", priority=0, args=BURNIN_NETWORK_ARGS, requires_ramdisk=True)
+    def burnin_network(self, task: Task, **args: Any) -> Outcome:
+        """Stream traffic between two nodes' agents (fio net engine): one ``reader``, one ``writer``."""
+        return self.run_step(task, "clean", "burnin_network", args)
 
 
 class AgentRescue(AgentMixin, RescueInterface):

@@ -92,6 +92,7 @@ def test_steps_are_listed_once_by_the_best_manager() -> None:
         "burnin_cpu": 0,
         "burnin_disk": 0,
         "burnin_memory": 0,
+        "burnin_network": 0,
         "update_firmware": 0,
     }
     step = generic_steps["update_firmware"]
@@ -107,6 +108,7 @@ def test_generic_defaults_match_ironic() -> None:
         "burnin_cpu",
         "burnin_memory",
         "burnin_disk",
+        "burnin_network",
     }
     assert [s["step"] for s in generic().get_deploy_steps({}, [])] == ["write_image"]
 
