@@ -27,6 +27,7 @@ from ironworks.db.engine import DatabaseUnavailable
 from ironworks.db.models import Action, Node, NodeEvent, utcnow
 from ironworks.drivers.base import BootDevice, PowerState, ValidationError
 from ironworks.errors import Conflict, DriverError, InvalidInput, InvalidTransition, NodeLocked, error_class_for
+from ironworks.images import configdrive
 
 router = APIRouter()
 S, E = states.State, states.Event
@@ -65,6 +66,11 @@ def set_provision_state(request: Request, ident: str, body: ProvisionBody) -> Re
             f"Invalid provision target {body.target!r}; valid targets: {', '.join(sorted(states.VERBS))}."
         ) from None
     _check_version(event, version)
+    if isinstance(body.configdrive, dict) and version < versions.FEATURES["configdrive_dict"]:
+        raise InvalidInput(
+            f"A configdrive given as an object needs API version {versions.fmt(versions.FEATURES['configdrive_dict'])}"
+            " or newer; send X-OpenStack-Ironic-API-Version, or pass a base64-encoded gzipped config-2 image."
+        )
     args = _provision_args(event, body)
     with ctx.db.write() as s:
         node = find_node(s, ident)
@@ -105,12 +111,21 @@ def set_provision_state(request: Request, ident: str, body: ProvisionBody) -> Re
             steps_arg = args.get(f"{kind}_steps")
             if steps_arg is not None:
                 args[f"{kind}_steps"] = stepslib.validate_requested(
-                    driver, kind, steps_arg, with_priority=kind == "deploy"
+                    driver,
+                    kind,
+                    steps_arg,
+                    with_priority=kind == "deploy",
+                    reported=stepslib.cached_agent_steps(node.driver_internal_info or {}, kind),
                 )
         if event == E.RESCUE:
             info = dict(ctx.db.secrets.reveal(node.instance_info))
             info["rescue_password"] = args.pop("rescue_password")
             node.instance_info = ctx.db.secrets.seal(info)
+        if isinstance(args.get("configdrive"), dict):  # refused now, not when the agent is about to write it
+            configdrive.validate(args["configdrive"], node_uuid=node.uuid, node_name=node.name)
+            # kept as one JSON string: sealing encrypts a secret key's string whole but walks into a dict,
+            # which would leave user_data (often holding passwords) in clear at rest
+            args["configdrive"] = json.dumps(args["configdrive"])
         if "configdrive" in args:
             info = dict(node.instance_info or {})
             info["configdrive"] = args.pop("configdrive")

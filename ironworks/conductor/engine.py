@@ -36,6 +36,8 @@ from ironworks.errors import IronworksError
 LOG = logging.getLogger(__name__)
 S, E = states.State, states.Event
 
+#: seconds between checks of a flow paused because its node is in maintenance
+MAINTENANCE_RECHECK_S = 30.0
 #: Flow kind of a state in which steps run.
 STEP_KIND = {
     S.CLEANING: "clean",
@@ -192,14 +194,57 @@ class FlowEngine:
             self._set_power(task, target)
             return Done()
         impl = task.driver.interfaces[iface]
+        if not stepslib.is_static(task.driver, STEP_KIND[S(task.node.provision_state)], iface, name):
+            # a step the agent reports (a vendor hardware manager's): the API let it through for an
+            # interface that runs such steps, and replan() checked it against the agent's list
+            run_reported = getattr(impl, "run_reported_step", None)
+            if run_reported is None:
+                return Failed("unknown_step", f"The {iface} interface has no step {name}.")
+            outcome: Outcome = run_reported(task, STEP_KIND[S(task.node.provision_state)], name, args)
+            return outcome
         result = getattr(impl, name)(task, **args)
         return Done() if result is None else result
+
+    def _agent_replan(self, task: TaskContext, kind: str, plan: list[dict[str, Any]], index: int) -> str | None:
+        """Once the agent is up, take in the steps it reports; an error message when the plan is refused."""
+        refresh = getattr(task.driver.interfaces.get("deploy"), "refresh_steps", None)
+        if refresh is None:
+            return None
+        try:
+            reported = refresh(task, kind)
+        except IronworksError as exc:
+            return f"Could not list the agent's {kind} steps: {exc.message}"
+        if reported is None:  # not up yet, or already asked during this boot of the agent
+            return None
+        automated = kind == "deploy" or (kind == "clean" and task.target != S.MANAGEABLE.value)
+        # the operator's choice of a full erase wins over the agent's priority for it, as Ironic's
+        # [deploy]erase_devices_priority does
+        overrides = {"erase_devices": 10 if self.config.conductor.automated_clean_full_erase else 0}
+        try:
+            new = stepslib.replan(task.driver, kind, plan, index, reported, automated=automated, overrides=overrides)
+        except stepslib.StepsRejected as exc:
+            return exc.message
+        if new != plan:
+            task.node.driver_internal_info[f"{kind}_steps"] = new
+            plan[:] = new
+        return None
 
     def _run_steps(self, task: TaskContext, kind: str) -> None:
         info = task.node.driver_internal_info
         plan: list[dict[str, Any]] = info.get(f"{kind}_steps") or []
         index = int(info.get(f"{kind}_step_index", 0))
+        if info.pop("maintenance_paused", None) and not task.db_node.maintenance:
+            task.event("maintenance", f"{kind.capitalize()} resumed: maintenance was unset", kind=kind)
         while index < len(plan):
+            if task.db_node.maintenance:
+                self._pause_for_maintenance(task, kind)
+                return
+            refused = self._agent_replan(task, kind, plan, index)
+            if refused is not None:
+                task.set(**{f"{kind}_step": None})
+                info.pop("step_started_at", None)
+                self.fail(task, f"{kind.capitalize()} failed: {refused}")
+                return
             step = plan[index]
             label = f"{step['interface']}.{step['step']}"
             if "step_started_at" not in info:
@@ -259,6 +304,24 @@ class FlowEngine:
                 self._abort_after(task, kind, label)
                 return
         self._finish_steps(task, kind)
+
+    def _pause_for_maintenance(self, task: TaskContext, kind: str) -> None:
+        """A node put into maintenance mid-flow waits, as in Ironic: no step runs until it is unset.
+
+        A heartbeat or a poll after maintenance is unset carries the flow on from the same step.
+        """
+        info = task.node.driver_internal_info
+        if not info.get("maintenance_paused"):
+            info["maintenance_paused"] = True
+            reason = task.db_node.maintenance_reason or "no reason given"
+            task.event(
+                "maintenance",
+                f"{kind.capitalize()} paused: the node is in maintenance ({reason}); it carries on from the same "
+                "step once maintenance is unset",
+                severity="WARNING",
+                kind=kind,
+            )
+        self._wait(task, Wait(MAINTENANCE_RECHECK_S, reason="node in maintenance"))
 
     def _abort_after(self, task: TaskContext, kind: str, label: str) -> None:
         task.set(**{f"{kind}_step": None})

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from ironworks.drivers.agent_client import (
     AgentBusy,
     AgentClient,
+    AgentCommandFailed,
     AgentError,
     AgentUnreachable,
     command_error_message,
@@ -37,9 +39,18 @@ from ironworks.drivers.base import (
     ValidationError,
 )
 from ironworks.drivers.steps import Done, Failed, Outcome, Wait, step
+from ironworks.images.configdrive import ConfigDriveError
+from ironworks.images.configdrive import build as build_configdrive
 
 #: driver_internal_info keys that belong to one boot of the agent (cleared when it is torn down)
-AGENT_KEYS = ("agent_url", "agent_version", "agent_last_heartbeat", "agent_secret_token", "agent_booting")
+AGENT_KEYS = (
+    "agent_url",
+    "agent_version",
+    "agent_last_heartbeat",
+    "agent_secret_token",
+    "agent_booting",
+    "agent_steps_listed",
+)
 FIRMWARE_ARGS = {
     "url": {"description": "URL of the firmware tarball (holding runme.sh)", "required": True, "type": "string"},
     "checksum": {"description": "sha256:<hex> of the tarball", "required": False, "type": "string"},
@@ -58,6 +69,20 @@ BURNIN_NETWORK_ARGS = {
 
 #: at most this many characters of an agent's answer go into the timeline
 RESULT_LIMIT = 8000
+
+
+def agent_configdrive(value: Any, *, node_uuid: str, node_name: str | None) -> str | None:
+    """The config drive as the agent takes it: an image string as given; JSON (API >= 1.56) built into one."""
+    if isinstance(value, str) and value.lstrip().startswith("{"):  # base64 and URLs never start with "{"
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ConfigDriveError(f"The configdrive looks like JSON but does not parse: {exc}.") from exc
+    if isinstance(value, dict):
+        return build_configdrive(value, node_uuid=node_uuid, node_name=node_name)
+    if value is not None and not isinstance(value, str):
+        raise ConfigDriveError(f"instance_info/configdrive must be an object or a string, not {type(value).__name__}.")
+    return value or None
 
 
 def record_result(task: Task, name: str, result: dict[str, Any]) -> None:
@@ -172,9 +197,7 @@ class AgentMixin:
             return Done(outcome)
         return Failed("agent_command_failed", f"The agent's {name} failed: {command_error_message(result)}")
 
-    def run_step(
-        self, task: Task, kind: str, name: str, args: dict[str, Any], *, interface: str = "deploy"
-    ) -> Outcome:
+    def run_step(self, task: Task, kind: str, name: str, args: dict[str, Any], *, interface: str = "deploy") -> Outcome:
         """Boot the agent if needed, then have it execute step ``name`` of ``kind`` (clean/service)."""
         waiting = self.boot_agent(task, purpose=f"{kind} step {name}")
         if waiting is not None:
@@ -189,12 +212,63 @@ class AgentMixin:
         slot = f"{kind}_{name}" if interface == "deploy" else f"{kind}_{interface}_{name}"
         return self.run_command(task, slot, f"{kind}.execute_{kind}_step", params)
 
+    def refresh_steps(self, task: Task, kind: str) -> list[dict[str, Any]] | None:
+        """Ask the agent (once per boot) for its ``kind`` steps and cache them; None: not up, or asked already.
+
+        The cache outlives the agent, so the API checks requested steps up front. Keys, as Ironic's:
+        ``agent_cached_<kind>_steps`` (``{interface: [step, ...]}``), ``agent_cached_<kind>_steps_refreshed``
+        (UTC time), ``agent_cached_<kind>_steps_agent_version`` and ``hardware_manager_version``.
+        """
+        info = task.node.driver_internal_info
+        listed = list(info.get("agent_steps_listed") or [])
+        if not self.agent_ready(task) or kind in listed:
+            return None
+        name = f"{kind}.get_{kind}_steps"
+        client = AgentClient(str(info["agent_url"]), str(info.get("agent_secret_token", "")))
+        try:
+            result = client.execute(name, self._step_params(task), wait=True)
+        except (AgentBusy, AgentUnreachable):
+            return None  # asked again before the next step; a reported step waits for the answer
+        finally:
+            client.close()
+        if result.get("command_status") != "SUCCEEDED":
+            raise AgentCommandFailed(f"The agent's {name} did not succeed: {command_error_message(result)}")
+        answer = result.get("command_result") or {}
+        per_manager = answer.get(f"{kind}_steps")
+        if not isinstance(per_manager, dict):
+            raise AgentCommandFailed(f"The agent's {name} answered without '{kind}_steps': {str(answer)[:300]}")
+        by_interface: dict[str, list[dict[str, Any]]] = {}
+        for steps in per_manager.values():
+            for item in steps if isinstance(steps, list) else []:
+                if isinstance(item, dict) and isinstance(item.get("step"), str):
+                    by_interface.setdefault(str(item.get("interface") or "deploy"), []).append(item)
+        info[f"agent_cached_{kind}_steps"] = by_interface
+        info[f"agent_cached_{kind}_steps_refreshed"] = datetime.now(UTC).isoformat()
+        info[f"agent_cached_{kind}_steps_agent_version"] = info.get("agent_version")
+        info["hardware_manager_version"] = answer.get("hardware_manager_version")
+        info["agent_steps_listed"] = [*listed, kind]
+        flat = [item for steps in by_interface.values() for item in steps]
+        names = sorted(f"{item.get('interface', 'deploy')}.{item['step']}" for item in flat)
+        task.record(
+            f"The agent reports {len(flat)} {kind} steps: {', '.join(names) or 'none'}",
+            data={"type": "agent.steps", "kind": kind, "steps": names},
+        )
+        return flat
+
+    def _step_params(self, task: Task) -> dict[str, Any]:
+        return {
+            "node": {"uuid": task.node.uuid, "properties": task.node.properties},
+            "ports": [{"address": p.address} for p in task.ports],
+        }
+
 
 class AgentDeploy(AgentMixin, DeployInterface):
     """Deploys by having the agent write the image (and config drive) onto the machine's disk."""
 
     name = "agent"
     properties: ClassVar[dict[str, str]] = {}
+    #: steps the agent reports (a vendor hardware manager's) may be requested on this interface
+    runs_reported_steps: ClassVar[bool] = True
 
     def validate(self, task: Task) -> None:
         """An image to deploy is named in instance_info when the node is being deployed."""
@@ -215,13 +289,10 @@ class AgentDeploy(AgentMixin, DeployInterface):
     def write_image(self, task: Task) -> Outcome:
         """The agent writes the image (and the config drive) onto the disk."""
         ii = task.node.instance_info
-        configdrive = ii.get("configdrive")
-        if isinstance(configdrive, dict):
-            return Failed(
-                "configdrive_format",
-                "A config drive given as JSON needs building into an ISO, which this release does not do for "
-                "the agent deploy yet: pass it as a base64-encoded gzipped config-2 image.",
-            )
+        try:
+            configdrive = agent_configdrive(ii.get("configdrive"), node_uuid=task.node.uuid, node_name=task.node.name)
+        except ConfigDriveError as exc:
+            return Failed(exc.reason, exc.message)
         image_info = {
             "id": ii.get("image_source"),
             "urls": [ii.get("image_source")],
@@ -277,6 +348,16 @@ class AgentDeploy(AgentMixin, DeployInterface):
             assert isinstance(boot, BootInterface)
             boot.prepare_instance(task)
             task.set_power_state(PowerState.ON)
+
+    def run_reported_step(self, task: Task, kind: str, name: str, args: dict[str, Any]) -> Outcome:
+        """Run a ``kind`` step only the agent knows (a vendor manager's), once it listed its steps."""
+        waiting = self.boot_agent(task, purpose=f"{kind} step {name}")
+        if waiting is not None:
+            return waiting
+        if kind not in (task.node.driver_internal_info.get("agent_steps_listed") or []):
+            # the conductor checks such a step against the agent's list first (conductor.steps.replan)
+            return Wait(self.poll_interval, reason=f"waiting for the agent's list of {kind} steps")
+        return self.run_step(task, kind, name, args)
 
     # ---- clean and service steps run by the agent -----------------------------------------
     @step("clean", priority=99, abortable=True, requires_ramdisk=True)

@@ -24,15 +24,51 @@ from tests.conftest import Harness, make_config
 MAC = "52:54:00:ab:cd:01"
 
 
-class ScriptedAgent:
-    """An IPA-style command API whose commands finish after ``polls`` polls."""
+def _step(name: str, priority: int = 0, interface: str = "deploy", **argsinfo: Any) -> dict[str, Any]:
+    return {
+        "step": name,
+        "priority": priority,
+        "interface": interface,
+        "reboot_requested": False,
+        "abortable": False,
+        "argsinfo": argsinfo or None,
+    }
 
-    def __init__(self, polls: int = 2, fail: set[str] | None = None) -> None:
+
+URL_ARG = {"description": "tarball", "required": True, "type": "string"}
+#: what the generic hardware manager reports (the scripted agent's default answer to get_<kind>_steps)
+GENERIC_STEPS: dict[str, list[dict[str, Any]]] = {
+    "clean": [
+        _step("erase_devices_metadata", 99),
+        _step("erase_devices", 10),
+        _step("update_firmware", url=URL_ARG),
+        _step("burnin_cpu"),
+        _step("burnin_memory"),
+        _step("burnin_disk"),
+    ],
+    "service": [_step("update_firmware", url=URL_ARG), _step("burnin_cpu")],
+    "deploy": [_step("write_image")],
+}
+VENDOR_STEP = _step("update_vendor_firmware", version={"description": "version", "required": False, "type": "string"})
+
+
+class ScriptedAgent:
+    """An IPA-style command API whose commands finish after ``polls`` polls.
+
+    ``get_<kind>_steps`` answers at once with ``steps[kind]`` (recorded in ``listings``, not in
+    ``calls``, which holds the commands that do work).
+    """
+
+    def __init__(
+        self, polls: int = 2, fail: set[str] | None = None, steps: dict[str, list[dict[str, Any]]] | None = None
+    ) -> None:
         self.token = ""
         self.polls = polls
         self.fail = fail or set()
+        self.steps = steps if steps is not None else {k: list(v) for k, v in GENERIC_STEPS.items()}
         self.commands: dict[str, dict[str, Any]] = {}
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.listings: list[str] = []
         self.rejected = 0
         agent = self
 
@@ -57,6 +93,13 @@ class ScriptedAgent:
                 if not self._authorized():
                     return
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                ext, _, cmd = body["name"].partition(".")
+                if cmd == f"get_{ext}_steps":
+                    agent.listings.append(body["name"])
+                    listing = {"scripted_manager": agent.steps.get(ext, [])}
+                    result = {f"{ext}_steps": listing, "hardware_manager_version": {"scripted_manager": "1.0"}}
+                    self._reply(200, {"id": "x", "command_status": "SUCCEEDED", "command_result": result})
+                    return
                 agent.calls.append((body["name"], body["params"]))
                 cid = str(uuid.uuid4())
                 agent.commands[cid] = {"name": body["name"], "params": body["params"], "polls": 0}

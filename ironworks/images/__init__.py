@@ -1,0 +1,1 @@
+"""Image handling: download cache, ISO building, config drives."""
