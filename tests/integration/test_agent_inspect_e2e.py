@@ -5,11 +5,13 @@ node waits for its agent (``inspect wait``) the test "boots the ramdisk": it sta
 ``python -m ironworks.agent`` on 127.0.0.1 with a ``--root`` tree holding the host's own
 ``/proc/cpuinfo`` and ``/proc/meminfo`` and two NICs (the node's port MAC and one inspection must
 add), and an allowlist naming only the two loop devices this test created. The agent's inventory
-must then list exactly those loop devices and none of the host's disks.
+must then list exactly those loop devices and none of the host's disks. The operator side is the
+unmodified ``baremetal`` CLI: ``node inspect --wait`` and ``node inventory save``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -122,15 +124,31 @@ def test_inspect_with_the_real_agent(ironworks_server: ServerFactory, loop_devic
         assert api.put(f"/v1/nodes/{uuid}/states/provision", json={"target": "manage"}).status_code == 202
         wait_state(api, uuid, {"manageable"}, explain)
 
-        assert api.put(f"/v1/nodes/{uuid}/states/provision", json={"target": "inspect"}).status_code == 202
-        n = wait_state(api, uuid, {"inspect wait"}, explain)
-        assert n["power_state"] == "power on"  # the "machine" boots the ramdisk
-        agent = start_agent(tmp_path, server.url, loop_devices)
+        # the operator's command, unmodified: python-ironicclient's `baremetal node inspect --wait`
+        exe = Path(sys.executable).with_name("baremetal")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "IRONWORKS_"))}
+        env.update(OS_AUTH_TYPE="none", OS_ENDPOINT=server.url)
+        cli_log = tmp_path / "baremetal.out"
+        with cli_log.open("wb") as out:
+            cli = subprocess.Popen(
+                [str(exe), "node", "inspect", uuid, "--wait", str(int(BOUND_S))],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
         try:
-            n = wait_state(api, uuid, {"manageable", "inspect failed"}, explain)
+            n = wait_state(api, uuid, {"inspect wait"}, explain)
+            assert n["power_state"] == "power on"  # the "machine" boots the ramdisk
+            agent = start_agent(tmp_path, server.url, loop_devices)
+            try:
+                n = wait_state(api, uuid, {"manageable", "inspect failed"}, explain)
+            finally:
+                agent.stop()
+            code = cli.wait(BOUND_S)
         finally:
-            agent.stop()
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
         assert n["provision_state"] == "manageable", f"{n['last_error']}\n{explain()}"
+        assert code == 0, f"baremetal node inspect exited {code}:\n{cli_log.read_text(errors='replace')}"
 
         cpus, memory_mb = host_cpus_and_memory()
         props = n["properties"]
@@ -142,7 +160,11 @@ def test_inspect_with_the_real_agent(ironworks_server: ServerFactory, loop_devic
         ports = {p["address"] for p in api.get(f"/v1/nodes/{uuid}/ports").json()["ports"]}
         assert ports == {MAC, NEW_MAC}
 
-        inventory = api.get(f"/v1/nodes/{uuid}/inventory").json()["inventory"]
+        saved = subprocess.run(
+            [str(exe), "node", "inventory", "save", uuid],
+            env=env, capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
+        inventory = json.loads(saved.stdout)["inventory"]
         disks = {d["name"]: d["size"] for d in inventory["disks"]}
         assert disks == {loop_devices[0]: 3 * GIB, loop_devices[1]: 2 * GIB}, "only the allowlisted devices count"
         assert [nic["mac_address"] for nic in inventory["interfaces"]] == [MAC, NEW_MAC]
