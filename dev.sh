@@ -23,7 +23,10 @@ SYSTEM_PACKAGES=(postgresql-client ipmitool
     # network boot (tests/e2e, tests/integration/test_netboot_*.py): dnsmasq's binary without its system
     # service, boot loaders served over TFTP/HTTP, and the ramdisk/ISO builder's tools
     dnsmasq-base ipxe pxelinux syslinux-common isolinux grub-efi-amd64-bin grub-pc-bin mtools xorriso
-    busybox-static cpio zstd kmod udhcpc)
+    busybox-static cpio zstd kmod udhcpc
+    # the e2e test disk image (tests/e2e/images.py): syslinux --install on the image file, GRUB's
+    # grub-mkstandalone (grub-common); mkfs.vfat, mtools and qemu-img come with the packages above
+    syslinux grub-common)
 
 log() { printf '[dev.sh] %s\n' "$*" >&2; }
 

@@ -4,7 +4,8 @@ Modules, bottom up:
 
 * ``netns``      the network namespace: create, run inside (subprocess or a thread), identity, delete
 * ``processes``  processes started inside it, recorded and stopped by PID only
-* ``libvirt``    libvirtd with private state, the storage pool, TCG domains, reading a VM's state
+* ``serial``     a VM's serial console log: bounded waits for a regex, firmware starts, a timed recorder
+* ``libvirt``    libvirtd with private state, the storage pool, TCG domains (BIOS or UEFI), their disks
 * ``bmc``        sushy-emulator (Redfish, libvirt driver) and vbmcd/VirtualBMC (IPMI)
 * ``service``    Ironworks under test inside the namespace, its HTTP client and the ``baremetal`` CLI
 * ``lab``        ``Lab``: all of it, set up as named steps and torn down completely

@@ -6,6 +6,12 @@ HTTP server on the bridge address (files a BMC or a VM downloads), sushy-emulato
 the namespace's 127.0.0.1, and the Ironworks under test (``start_ironworks``). Nothing listens in the
 root namespace; the root namespace only reaches libvirtd through its socket file.
 
+For network boot (issue 5) the lab offers what the e2e tests build on: BIOS and UEFI VMs
+(``LabSettings.uefi_vm_names``); the bridge and a free DHCP range on it for the dnsmasq Ironworks
+supervises (``lab.network``); Ironworks on the bridge address, so a VM's agent reaches it
+(``start_ironworks(on_bridge=True)``); disk images put straight onto a VM's disk
+(``write_disk_image``); the serial console to wait on (``wait_for_serial``, ``tests.lab.serial``).
+
 ``setup()`` runs named steps; a failure raises ``LabSetupError`` naming the step and carrying the tails
 of the logs that explain it. ``teardown()`` always runs to the end: domains and pool removed, BMCs
 deleted, every recorded PID stopped (never by name), leftovers in the namespace stopped by PID, the
@@ -31,7 +37,9 @@ import httpx
 from tests.lab.bmc import SushyEmulator, VirtualBmc, wait_until
 from tests.lab.libvirt import Libvirt, Vm
 from tests.lab.netns import Netns
+from tests.lab.network import LabNetwork
 from tests.lab.processes import LabProcess, ProcessTable, log_tail, venv_executable
+from tests.lab.serial import SerialMatch
 from tests.lab.service import IronworksInLab
 
 BRIDGE = "iwbr0"
@@ -48,13 +56,21 @@ DOMAIN_STATE_BOUND_S = 60.0
 class LabSettings:
     """Names, ports and credentials. Ports are on the namespace's own loopback, so they cannot clash."""
 
-    vm_names: tuple[str, ...] = ("lab-vm-0", "lab-vm-1")
+    vm_names: tuple[str, ...] = ("lab-vm-0", "lab-vm-1", "lab-vm-uefi")
+    #: the VMs (of ``vm_names``) that are UEFI (q35 + OVMF); the others are BIOS (pc + SeaBIOS)
+    uefi_vm_names: tuple[str, ...] = ("lab-vm-uefi",)
     #: sushy-tools reports whole GiB (MemorySummary.TotalSystemMemoryGiB): less than 1024 reads as 0
     memory_mib: int = 1024
-    #: an empty, sparse qcow2 disk in pool 'default'
+    #: an empty, sparse qcow2 disk in pool 'default': room for the 1 GiB test image and a config drive
     disk_gib: int = 4
-    #: the iPXE option ROM on the NIC: what a PXE boot needs; a VM without boot media sits in it
+    #: the iPXE option ROM on a BIOS VM's NIC: what a PXE boot needs; a VM without boot media sits in it
     nic_rom: bool = True
+    #: on a UEFI VM's NIC: off, so OVMF's own PXE runs (OVMF PXE -> TFTP snponly.efi -> iPXE, as measured)
+    uefi_nic_rom: bool = False
+    #: last octets of the bridge subnet's DHCP pool (the bridge is .1, nothing else is assigned)
+    dhcp_first: int = 100
+    dhcp_last: int = 200
+    dhcp_lease: str = "10m"
     bmc_username: str = "lab-admin"
     bmc_password: str = "lab-Pa55word"
     sushy_port: int = 18000
@@ -89,7 +105,9 @@ class Lab:
         self.keep_workdir = keep_workdir
         token = secrets.token_bytes(3)
         self.ns_name = f"iw-{token.hex()}"
-        self.host_ip = f"192.168.{100 + token[0] % 100}.1"
+        s = self.settings
+        self.network = LabNetwork(BRIDGE, f"192.168.{100 + token[0] % 100}", s.dhcp_first, s.dhcp_last, s.dhcp_lease)
+        self.host_ip = self.network.address
         self.log_dir = workdir / "logs"
         self.pid_dir = workdir / "pids"
         self.www = workdir / "www"
@@ -100,9 +118,13 @@ class Lab:
                 uuid=str(uuid.uuid4()),
                 mac=f"52:54:00:{token[1]:02x}:{token[2]:02x}:{i + 1:02x}",
                 serial_log=self.log_dir / f"{name}-serial.log",
+                firmware="uefi" if name in self.settings.uefi_vm_names else "bios",
             )
             for i, name in enumerate(self.settings.vm_names)
         ]
+        unknown = set(self.settings.uefi_vm_names) - set(self.settings.vm_names)
+        if unknown:
+            raise ValueError(f"uefi_vm_names {sorted(unknown)} are not in vm_names {list(self.settings.vm_names)}")
         self.timings: dict[str, float] = {}
         self.ns: Netns | None = None
         self.procs: ProcessTable | None = None
@@ -147,7 +169,7 @@ class Lab:
                     bridge=BRIDGE,
                     memory_mib=self.settings.memory_mib,
                     disk_gib=self.settings.disk_gib,
-                    nic_rom=self.settings.nic_rom,
+                    nic_rom=self.settings.uefi_nic_rom if vm.firmware == "uefi" else self.settings.nic_rom,
                 )
         with self._step("HTTP server", [self.log_dir / "http.log"]):
             self._start_http()
@@ -217,6 +239,17 @@ class Lab:
         """The lab's HTTP server (serving ``www``), reachable inside the namespace and from its VMs."""
         return f"http://{self.host_ip}:{self.settings.http_port}"
 
+    def vm(self, name: str) -> Vm:
+        """The VM called ``name``."""
+        for vm in self.vms:
+            if vm.name == name:
+                return vm
+        raise KeyError(f"the lab has no VM {name!r}; it has {', '.join(v.name for v in self.vms)}")
+
+    def vms_with(self, firmware: str) -> list[Vm]:
+        """The lab's ``bios`` or ``uefi`` VMs."""
+        return [vm for vm in self.vms if vm.firmware == firmware]
+
     def ipmi_port(self, vm: Vm) -> int:
         """The UDP port of ``vm``'s VirtualBMC on the namespace's 127.0.0.1."""
         return self.settings.vbmc_base_port + self.vms.index(vm)
@@ -264,6 +297,22 @@ class Lab:
             time.sleep(0.2)
         return count
 
+    def wait_for_serial(self, vm: Vm, pattern: str, *, after: int, bound: float = DOMAIN_STATE_BOUND_S) -> SerialMatch:
+        """Wait (bounded) for ``pattern`` on ``vm``'s serial console after byte ``after`` (``vm.serial.offset()``).
+
+        The match, where it ended (the next ``after``) and when it was first seen; an AssertionError with
+        the console's and the lab's log tails when it does not appear.
+        """
+        return vm.serial.wait_for(pattern, after=after, bound=bound, context=self.diagnostics)
+
+    def write_disk_image(self, vm: Vm, image: Path, *, image_format: str) -> None:
+        """Put a disk image (``raw`` or ``qcow2``) onto the shut-off ``vm``'s disk, which keeps ``disk_gib``."""
+        self.libvirt.replace_disk(vm, image, image_format=image_format, disk_gib=self.settings.disk_gib)
+
+    def blank_disk(self, vm: Vm) -> None:
+        """Give the shut-off ``vm`` an empty disk again (before a deploy writes one)."""
+        self.libvirt.blank_disk(vm, disk_gib=self.settings.disk_gib)
+
     def power_off_vm(self, vm: Vm) -> None:
         """Force the domain off directly through libvirt (resetting a VM between tests)."""
         if self.domain_state(vm) != "shut off":
@@ -285,14 +334,29 @@ class Lab:
         emulator.start()
         return emulator
 
-    def start_ironworks(self, env: Mapping[str, str] | None = None) -> IronworksInLab:
-        """``ironworks serve`` inside the namespace with ``settings.ironworks_env`` plus ``env``."""
+    def start_ironworks(self, env: Mapping[str, str] | None = None, *, on_bridge: bool = False) -> IronworksInLab:
+        """``ironworks serve`` inside the namespace with ``settings.ironworks_env`` plus ``env``.
+
+        ``on_bridge``: listen on every address of the namespace, so VMs (their agents, iPXE fetching
+        boot files) reach it at ``http://<bridge address>:<port>``, which becomes ``[api] public_url``.
+        That is without authentication (``allow_insecure_noauth``), and safe here: the namespace has
+        only its loopback and the bridge, which has no uplink and no route out, so the only peers are
+        the lab's own VMs and processes.
+        """
         port = self.settings.ironworks_base_port + len(self._servers)
+        extra: dict[str, str] = {}
+        if on_bridge:
+            extra = {
+                "IRONWORKS_API_ALLOW_INSECURE_NOAUTH": "true",
+                "IRONWORKS_API_PUBLIC_URL": self.network.url(port),
+            }
         server = IronworksInLab(
             self._procs(),
             self.workdir / f"ironworks-{port}",
             port=port,
-            env={**self.settings.ironworks_env, **(env or {})},
+            env={**self.settings.ironworks_env, **extra, **(env or {})},
+            host="0.0.0.0" if on_bridge else "127.0.0.1",
+            public_host=self.host_ip if on_bridge else None,
         )
         self._servers.append(server)
         server.start()

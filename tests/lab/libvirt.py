@@ -9,19 +9,32 @@ the root namespace, sushy-emulator, VirtualBMC) connects through the socket file
 Domains are ``type='qemu'`` (TCG: KVM does not work on these machines) with ``<acpi/>`` (without it
 a guest power-off only halts), firmware output on the serial port (``<bios useserial='yes'/>`` and no
 video) and the serial port appended to a file, so a test can watch the firmware start.
+
+A VM is BIOS (``pc``, SeaBIOS) or UEFI (``q35``, OVMF from the ``ovmf`` package: the read-only code
+image, and a private copy of the variable store per VM that libvirt makes from the template at the
+first start and removes with ``undefine --nvram``). A UEFI VM's NIC has no iPXE option ROM by default
+(``<rom enabled='no'/>``), so OVMF's own PXE client runs, as on a real UEFI server.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.lab.serial import SerialLog
+
 #: what a ``virsh`` call may take; they answer in milliseconds once libvirtd is up
 VIRSH_BOUND_S = 60.0
+GIB = 1 << 30
 #: printed by SeaBIOS each time the machine starts: power-on, reset and reboot alike
 FIRMWARE_BANNER = b"SeaBIOS (version"
+#: the ovmf package's 4 MiB images (the 2 MiB ones lack room for a variable store of this size)
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+FIRMWARES = ("bios", "uefi")
 
 LIBVIRTD_CONF = """\
 unix_sock_group = "root"
@@ -51,9 +64,8 @@ DOMAIN_XML = """\
   <memory unit='MiB'>{memory_mib}</memory>
   <vcpu>1</vcpu>
   <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
+    <type arch='x86_64' machine='{machine}'>hvm</type>{firmware}
     <boot dev='network'/>
-    <bios useserial='yes'/>
   </os>
   <features><acpi/><apic/></features>
   <on_poweroff>destroy</on_poweroff>
@@ -84,26 +96,56 @@ class LibvirtError(RuntimeError):
     """A ``virsh`` call failed."""
 
 
+def _tool(argv: list[str]) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        raise LibvirtError(f"`{' '.join(argv)}` exited {proc.returncode}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
 @dataclass(frozen=True)
 class Vm:
     """A virtual machine of the lab: libvirt domain ``name`` with one NIC on the lab's bridge."""
 
     name: str
     uuid: str
+    #: the MAC of its one NIC (on the lab bridge): the address of the node's port
     mac: str
     serial_log: Path
+    #: ``bios`` (pc + SeaBIOS) or ``uefi`` (q35 + OVMF)
+    firmware: str = "bios"
+
+    def __post_init__(self) -> None:
+        if self.firmware not in FIRMWARES:
+            raise ValueError(f"VM {self.name}: firmware {self.firmware!r} is not one of {', '.join(FIRMWARES)}")
 
     @property
     def volume(self) -> str:
         """The name of its disk's volume in the storage pool."""
         return f"{self.name}.qcow2"
 
-    def domain_xml(self, *, bridge: str, memory_mib: int, nic_rom: bool, pool: str) -> str:
-        """The libvirt domain definition."""
+    @property
+    def serial(self) -> SerialLog:
+        """Its serial console log (wait for text in it, count firmware starts)."""
+        return SerialLog(self.serial_log, self.firmware)
+
+    def domain_xml(self, *, bridge: str, memory_mib: int, nic_rom: bool, pool: str, nvram: Path | None = None) -> str:
+        """The libvirt domain definition (``nvram``: where a UEFI VM's variable store lives)."""
         rom = "" if nic_rom else "\n      <rom enabled='no'/>"
+        if self.firmware == "uefi":
+            if nvram is None:
+                raise ValueError(f"VM {self.name} is UEFI: its domain needs an nvram path")
+            firmware = (
+                f"\n    <loader readonly='yes' type='pflash'>{OVMF_CODE}</loader>"
+                f"\n    <nvram template='{OVMF_VARS}'>{nvram}</nvram>"
+            )
+        else:
+            firmware = "\n    <bios useserial='yes'/>"
         return DOMAIN_XML.format(
             name=self.name,
             uuid=self.uuid,
+            machine="q35" if self.firmware == "uefi" else "pc",
+            firmware=firmware,
             memory_mib=memory_mib,
             bridge=bridge,
             mac=self.mac,
@@ -115,10 +157,7 @@ class Vm:
 
     def firmware_starts(self) -> int:
         """How many times the machine's firmware has started so far (from its serial log)."""
-        try:
-            return self.serial_log.read_bytes().count(FIRMWARE_BANNER)
-        except FileNotFoundError:
-            return 0
+        return self.serial.firmware_starts()
 
 
 class Libvirt:
@@ -132,7 +171,7 @@ class Libvirt:
 
     def write_config(self) -> None:
         """Private ``/etc/libvirt`` contents: no auth on the socket, qemu as root without cgroups."""
-        for sub in ("etc", "run", "lib", "cache", "log", "pool"):
+        for sub in ("etc", "run", "lib", "cache", "log", "pool", "nvram"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         (self.state_dir / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF)
         (self.state_dir / "etc" / "qemu.conf").write_text(QEMU_CONF)
@@ -185,9 +224,52 @@ class Libvirt:
         "Target libvirt device Hdd does not exist" when the domain has none.
         """
         self.virsh("vol-create-as", pool, vm.volume, f"{disk_gib}G", "--format", "qcow2")
+        if vm.firmware == "uefi" and not OVMF_CODE.is_file():
+            raise FileNotFoundError(f"{OVMF_CODE} is missing: the UEFI VM {vm.name} needs the ovmf package")
         xml_path = self.state_dir / f"{vm.name}.xml"
-        xml_path.write_text(vm.domain_xml(bridge=bridge, memory_mib=memory_mib, nic_rom=nic_rom, pool=pool))
+        xml = vm.domain_xml(bridge=bridge, memory_mib=memory_mib, nic_rom=nic_rom, pool=pool, nvram=self.nvram(vm))
+        xml_path.write_text(xml)
         self.virsh("define", str(xml_path))
+
+    def nvram(self, vm: Vm) -> Path:
+        """Where a UEFI VM's private copy of the OVMF variable store lives."""
+        return self.state_dir / "nvram" / f"{vm.name}_VARS.fd"
+
+    def volume_path(self, vm: Vm, pool: str = "default") -> Path:
+        """The file behind the VM's disk volume."""
+        return Path(self.virsh("vol-path", "--pool", pool, vm.volume).strip())
+
+    def replace_disk(self, vm: Vm, image: Path, *, image_format: str, disk_gib: int, pool: str = "default") -> None:
+        """Make the (shut off) VM's disk a ``disk_gib`` GiB qcow2 holding ``image`` at its start.
+
+        ``qemu-img convert`` writes the volume file while the domain is off (a running qemu holds it);
+        the virtual size then grows to ``disk_gib`` so the disk has room after the image, where the
+        agent puts a config drive. Raises LibvirtError when the domain runs or the image does not fit.
+        """
+        if self.state(vm.name) != "shut off":
+            raise LibvirtError(f"{vm.name} is {self.state(vm.name)}: its disk can only be replaced while it is off")
+        info = json.loads(_tool(["qemu-img", "info", "--output=json", "-f", image_format, str(image)]))
+        if int(info["virtual-size"]) > disk_gib * GIB:
+            raise LibvirtError(
+                f"{image} ({int(info['virtual-size']) / GIB:.2f} GiB) does not fit on the {disk_gib} GiB disk of "
+                f"{vm.name}: raise LabSettings.disk_gib"
+            )
+        target = self.volume_path(vm, pool)
+        staging = target.with_name(f".{target.name}.new")
+        try:
+            _tool(["qemu-img", "convert", "-f", image_format, "-O", "qcow2", str(image), str(staging)])
+            _tool(["qemu-img", "resize", "-f", "qcow2", str(staging), f"{disk_gib}G"])
+            staging.replace(target)
+        finally:
+            staging.unlink(missing_ok=True)
+        self.virsh("pool-refresh", pool)
+
+    def blank_disk(self, vm: Vm, *, disk_gib: int, pool: str = "default") -> None:
+        """Give the (shut off) VM an empty ``disk_gib`` GiB qcow2 disk again."""
+        if self.state(vm.name) != "shut off":
+            raise LibvirtError(f"{vm.name} is {self.state(vm.name)}: its disk can only be replaced while it is off")
+        self.virsh("vol-delete", "--pool", pool, vm.volume)
+        self.virsh("vol-create-as", pool, vm.volume, f"{disk_gib}G", "--format", "qcow2")
 
     def domains(self) -> list[str]:
         """Names of every defined domain."""

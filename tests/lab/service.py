@@ -89,10 +89,21 @@ class CliResult:
 class IronworksInLab:
     """One ``ironworks serve`` inside the namespace (SQLite in its state dir), its client and its CLI."""
 
-    def __init__(self, procs: ProcessTable, workdir: Path, *, port: int, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        procs: ProcessTable,
+        workdir: Path,
+        *,
+        port: int,
+        env: Mapping[str, str],
+        host: str = "127.0.0.1",
+        public_host: str | None = None,
+    ) -> None:
         self.procs = procs
         self.workdir = workdir
         self.port = port
+        self.host = host
+        self.public_host = public_host
         self.extra_env = dict(env)
         self.state_dir = workdir / "state"
         self.process: LabProcess | None = None
@@ -102,6 +113,13 @@ class IronworksInLab:
     def url(self) -> str:
         """Base URL, valid inside the namespace."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def public_url(self) -> str:
+        """What the lab's VMs reach it at (``[api] public_url``): the bridge address when it listens there."""
+        if self.public_host is None:
+            raise RuntimeError(f"{self.name} listens on 127.0.0.1 only: start it with on_bridge=True for VMs")
+        return f"http://{self.public_host}:{self.port}"
 
     @property
     def name(self) -> str:
@@ -114,7 +132,7 @@ class IronworksInLab:
             str(venv_executable("ironworks")),
             "serve",
             "--host",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(self.port),
             "--state-dir",
