@@ -100,6 +100,30 @@ def start_dhcp_server(config: Config) -> Any:
     return supervisor
 
 
+@dataclass
+class _ConductorAndDhcp:
+    conductor: Any
+    dhcp: Any
+
+    def start(self) -> None:
+        self.conductor.start()
+
+    def stop(self) -> None:
+        try:
+            self.conductor.stop()
+        finally:
+            self.dhcp.stop()
+
+
+def with_dhcp(conductor: Any, dhcp: Any) -> Any:
+    """``conductor``, or a wrapper whose ``stop()`` also stops the supervised dnsmasq.
+
+    uvicorn re-raises SIGTERM once its shutdown is done, so code after ``run_uvicorn`` never runs on
+    SIGTERM: dnsmasq has to stop in the app's lifespan, with the conductor.
+    """
+    return conductor if dhcp is None else _ConductorAndDhcp(conductor, dhcp)
+
+
 def freeze_heap() -> None:
     """Move everything allocated at start-up out of the garbage collector's view.
 

@@ -61,7 +61,9 @@ def serve(config: ConfigOpt = None, state_dir: StateOpt = None, host: HostOpt = 
         check_listen_policy(cfg)
         rt = server.build(cfg, upgrade=True)
         conductor = server.make_conductor(rt)
-        app_ = server.make_app(rt, conductor)  # the app's lifespan starts and stops the conductor
+        dhcp = server.start_dhcp_server(cfg)  # [dhcp] manage_dnsmasq: dnsmasq runs while serve does
+        # the app's lifespan starts and stops the conductor (and then stops dnsmasq)
+        app_ = server.make_app(rt, server.with_dhcp(conductor, dhcp))
     except IronworksError as exc:
         _fail(exc)
         return
@@ -71,7 +73,11 @@ def serve(config: ConfigOpt = None, state_dir: StateOpt = None, host: HostOpt = 
         err=True,
     )
     server.freeze_heap()
-    server.run_uvicorn(app_, cfg)
+    try:
+        server.run_uvicorn(app_, cfg)
+    finally:
+        if dhcp is not None:
+            dhcp.stop()
 
 
 @app.command()
@@ -105,6 +111,7 @@ def conductor(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     try:
         rt = server.build(cfg)
         svc = server.make_conductor(rt)
+        dhcp = server.start_dhcp_server(cfg)  # [dhcp] manage_dnsmasq: dnsmasq runs while the conductor does
     except IronworksError as exc:
         _fail(exc)
         return
@@ -114,6 +121,8 @@ def conductor(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     svc.start()
     stop.wait()
     svc.stop()
+    if dhcp is not None:
+        dhcp.stop()
 
 
 @app.command(

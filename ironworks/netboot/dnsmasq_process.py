@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from ironworks.config import Config
 from ironworks.errors import ConfigError
@@ -60,22 +60,19 @@ class DnsmasqFiles:
     tftp_root: Path
 
 
-def _netboot(config: Config, name: str, default: str) -> str:
-    # [netboot] belongs to the boot interfaces; read it when that section exists
-    section: Any = getattr(config, "netboot", None)
-    value = getattr(section, name, "") if section is not None else ""
-    return str(value) if value else default
-
-
 def tftp_root(config: Config) -> Path:
     """``[netboot] tftp_root``, else ``<state_dir>/tftpboot``."""
-    return Path(_netboot(config, "tftp_root", str(config.state_path / "tftpboot"))).absolute()
+    return Path(config.netboot.tftp_root or config.state_path / "tftpboot").absolute()
 
 
 def http_url(config: Config) -> str:
     """``[netboot] http_url``, else ``[api] public_url`` or ``http://<api host>:<port>``, plus ``/boot``."""
-    base = config.api.public_url.rstrip("/") or f"http://{config.api.host}:{config.api.port}"
-    return _netboot(config, "http_url", f"{base}/boot").rstrip("/")
+    if config.netboot.http_url:
+        return config.netboot.http_url.rstrip("/")
+    if config.api.public_url:
+        return config.api.public_url.rstrip("/") + "/boot"
+    host = f"[{config.api.host}]" if ":" in config.api.host else config.api.host
+    return f"http://{host}:{config.api.port}/boot"
 
 
 def dnsmasq_files(config: Config) -> DnsmasqFiles:
@@ -145,8 +142,9 @@ def render_conf(config: Config) -> list[tuple[str, str]]:
     if d.unknown_macs == "ignore":
         lines.append(("dhcp-ignore=tag:!known", "[dhcp] unknown_macs"))
     else:
-        bios = Path(_netboot(config, "ipxe_bios_loader", "undionly.kpxe")).name
-        uefi = Path(_netboot(config, "ipxe_uefi_loader", "snponly.efi")).name
+        # the loaders' names in the TFTP root, and the default script, as [netboot]'s layout has them
+        bios = Path(config.netboot.ipxe_bios_loader).name
+        uefi = Path(config.netboot.ipxe_uefi_loader).name
         for tags, value in (
             ("tag:!ipxe,tag:bios", bios),
             ("tag:!ipxe,tag:efi64", uefi),
