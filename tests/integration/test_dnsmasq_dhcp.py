@@ -147,6 +147,7 @@ def lab() -> Iterator[DhcpLab]:
     try:
         _veth(ns, "srv0", "cli0", NET0)
         _veth(ns, "srv1", "cli1", NET1)
+        ns.ip("addr", "add", "fd00:214::1/64", "dev", "srv1", "nodad")  # a prefix to advertise
         (workdir / "dump.sh").write_text(DUMP_SCRIPT)
         (workdir / "dump.sh").chmod(0o755)
         server = IronworksInLab(procs, workdir / "a", port=6385, env=_dhcp_env("srv0", NET0))
@@ -256,11 +257,12 @@ def test_tftp_serves_the_tftp_root(lab: DhcpLab) -> None:
 
 def test_unknown_macs_discovery_boots_the_default_and_known_macs_keep_their_own(lab: DhcpLab) -> None:
     server = IronworksInLab(
-        lab.procs, lab.workdir / "b", port=6386, env=_dhcp_env("srv1", NET1, unknown_macs="discovery")
+        lab.procs, lab.workdir / "b", port=6386, env=_dhcp_env("srv1", NET1, unknown_macs="discovery", enable_ra="true")
     )
     server.start()
     try:
         log = server.state_dir / "logs" / "dnsmasq.log"
+        lab.wait_for_log("router advertisement on fd00:214::", 0, log=log)
         provider = DnsmasqDhcp(load_config(None, environ={}, overrides={"": {"state_dir": str(server.state_dir)}}))
         unknown = "52:54:00:14:00:01"
         bios = lab.request(unknown, arch=BIOS, iface="cli1")
