@@ -39,6 +39,8 @@ VERSION_KEY = "ironworks.version"
 USER_KEY = "ironworks.user"
 PUBLIC_PATHS = frozenset({"/", "/v1", "/v1/"})
 AGENT_PATHS = ("/v1/lookup", "/v1/heartbeat/", "/v1/continue_inspection")
+#: network boot files ([netboot] http_root): machines fetch them without credentials
+BOOT_PREFIX = "/boot/"
 
 
 @dataclass
@@ -113,7 +115,9 @@ class ApiMiddleware:
         path = scope["path"]
         try:
             version = versions.parse(headers.get(versions.HEADER))
-            if self.auth is not None and path not in PUBLIC_PATHS and not path.startswith(AGENT_PATHS):
+            public = path in PUBLIC_PATHS or path.startswith(AGENT_PATHS)
+            public = public or (self.config.netboot.serve_http and path.startswith(BOOT_PREFIX))
+            if self.auth is not None and not public:
                 scope[USER_KEY] = self.auth.check(headers.get("authorization"))
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body:
@@ -262,8 +266,38 @@ def create_app(
     app.include_router(ports_routes.router)
     app.include_router(drivers_routes.router)
     app.include_router(agent_routes.router)
+    if config.netboot.serve_http:
+        add_boot_files(app, config)
     app.add_middleware(ApiMiddleware, config=config, auth=auth)
     return app
+
+
+def add_boot_files(app: FastAPI, config: Config) -> None:
+    """Serve ``[netboot] http_root`` read-only at ``/boot/``: regular files under it only, Range supported."""
+    from starlette.responses import FileResponse
+
+    from ironworks.netboot.layout import NetbootLayout
+
+    root = NetbootLayout.from_config(config).http_root
+
+    def not_found(request: Request) -> Response:
+        return api_errors.error_response(f"The boot file {request.url.path} does not exist.", status=404)
+
+    @app.api_route("/boot/{name:path}", methods=["GET", "HEAD"], include_in_schema=False)
+    def boot_file(request: Request, name: str) -> Response:
+        parts = name.split("/")
+        # no parent references, no hidden files (files being written are dotfiles), no directories
+        if not name or any(p in ("", ".", "..") or p.startswith(".") or "\\" in p for p in parts):
+            return not_found(request)
+        try:
+            base = root.resolve(strict=True)
+            path = (base / name).resolve(strict=True)
+            path.relative_to(base)  # a symlink may not lead out of the root
+        except (OSError, ValueError, RuntimeError):
+            return not_found(request)
+        if not path.is_file():
+            return not_found(request)
+        return FileResponse(path, media_type="application/octet-stream")
 
 
 def ctx_of(request: Request) -> ApiContext:
