@@ -58,6 +58,9 @@ venv() {
         "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v WARNING || true
         "$VENV/bin/python" -m pip install -q -e ".${extra}" 2>&1 | grep -v -e WARNING -e '^\s*$' || true
         "$VENV/bin/python" -c 'import ironworks' || { log "installation failed"; exit 1; }
+        if [ -n "$extra" ]; then  # the tests run the real agent with the example vendor hardware manager
+            "$VENV/bin/python" -m pip install -q -e examples/vendor_manager 2>&1 | grep -v -e WARNING -e '^\s*$' || true
+        fi
         echo "$want" > "$stamp"
     fi
 }

@@ -13,6 +13,10 @@ the server's logs. Nothing here asserts a wall-clock time.
 
 Cleaning: automated cleaning stays on, so ``provide`` runs ``erase_devices_metadata`` through the
 agent (the test boots one for it like for any other wait state).
+
+Stores: the flows that matter most (deploy raw with a JSON config drive and qcow2 with an image
+config drive, firmware clean, rescue, the agent killed mid-deploy) also run with ``ironworks serve``
+on a private PostgreSQL database (``store`` parameter, marked ``postgres``); the rest on SQLite.
 """
 
 from __future__ import annotations
@@ -247,7 +251,7 @@ class Lab:
         assert r.status_code == 200, r.text
 
     # -- the machine --
-    def boot_agent(self) -> Agent:
+    def boot_agent(self, env: dict[str, str] | None = None) -> Agent:
         """What booting the ramdisk does: start the agent, which looks the node up by its MAC."""
         root = self.tmp / f"root{len(self.agents)}"
         nic = root / "sys/class/net/eth0"
@@ -270,9 +274,10 @@ class Lab:
             "--ipa-lookup-timeout", str(int(BOUND_S)),
             "--ironworks-device-allowlist", self.device,
         ]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("IRONWORKS_", "IPA_", "OS_"))}
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("IRONWORKS_", "IPA_", "OS_"))}
+        environ.update(env or {})
         with log.open("wb") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=environ)
         agent = Agent(proc, log)
         self.agents.append(agent)
         return agent
@@ -304,7 +309,7 @@ class Lab:
                 pytest.fail(f"node {uuid} did not reach {sorted(until)} within {bound:g} s: {self.explain(uuid)}")
             time.sleep(0.1)
 
-    def run_with_agent(self, uuid: str, until: set[str]) -> dict[str, Any]:
+    def run_with_agent(self, uuid: str, until: set[str], env: dict[str, str] | None = None) -> dict[str, Any]:
         """Wait for the node to wait for its agent, boot one, wait for ``until``, power the machine off."""
         deadline = time.monotonic() + BOUND_S
         while True:
@@ -314,7 +319,7 @@ class Lab:
             if n["provision_state"].endswith("failed") or time.monotonic() > deadline:
                 pytest.fail(f"node {uuid} never waited for an agent: {self.explain(uuid)}")
             time.sleep(0.1)
-        agent = self.boot_agent()
+        agent = self.boot_agent(env)
         try:
             return self.wait(uuid, until)
         finally:
@@ -322,8 +327,26 @@ class Lab:
 
 
 @pytest.fixture
-def lab(ironworks_server: ServerFactory, loop_device: str, tmp_path: Path) -> Iterator[Lab]:
-    server = ironworks_server(env=SERVER_ENV)
+def store() -> str:
+    """Which database ``ironworks serve`` uses; tests parametrize it with ``STORES``."""
+    return "sqlite"
+
+
+STORES = pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+
+
+@pytest.fixture
+def server_env(store: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The server's environment; a PostgreSQL database made before (so dropped after) the server."""
+    env = dict(SERVER_ENV)
+    if store == "postgres":
+        env["IRONWORKS_DATABASE_URL"] = request.getfixturevalue("pg_url")
+    return env
+
+
+@pytest.fixture
+def lab(server_env: dict[str, str], ironworks_server: ServerFactory, loop_device: str, tmp_path: Path) -> Iterator[Lab]:
+    server = ironworks_server(env=server_env)
     with httpx.Client(
         base_url=server.url, timeout=30.0, headers={"X-OpenStack-Ironic-API-Version": API_VERSION}
     ) as api:
@@ -399,10 +422,24 @@ def available_node(lab: Lab, **instance_info: Any) -> str:
 # ---- 1, 2, 3: deploying ---------------------------------------------------------------------------------
 
 
-def test_deploy_raw_image_with_configdrive(lab: Lab, files: Files, tmp_path: Path) -> None:
+def iso_file(device: str, path: str) -> bytes:
+    """A file of the ISO 9660 file system on ``device``, read through Rock Ridge by the real isoinfo."""
+    return subprocess.run(["isoinfo", "-R", "-x", path, "-i", device], capture_output=True, check=True).stdout
+
+
+JSON_DRIVE = {
+    "meta_data": {"hostname": "e2e-json", "public_keys": {"0": "ssh-ed25519 AAAAC3Nza e2e"}, "availability_zone": "z1"},
+    "user_data": "#cloud-config\nruncmd: [touch /run/e2e-ok]\n",
+    "network_data": {"links": [{"id": "eth0", "type": "phy", "ethernet_mac_address": MAC}]},
+}
+
+
+@STORES
+def test_deploy_raw_image_with_json_configdrive(lab: Lab, files: Files) -> None:
+    """API >= 1.56: the config drive as JSON; the conductor builds the config-2 ISO the agent writes."""
     data = mbr_image()
     uuid = available_node(lab, **image_info(files.put("disk.raw", data), data))
-    lab.provision(uuid, "active", configdrive=configdrive(tmp_path))
+    lab.provision(uuid, "active", configdrive=JSON_DRIVE)
     n = lab.run_with_agent(uuid, {"active", "deploy failed"})
     assert n["provision_state"] == "active", lab.explain(uuid)
     assert n["power_state"] == "power on" and n["last_error"] is None
@@ -413,6 +450,13 @@ def test_deploy_raw_image_with_configdrive(lab: Lab, files: Files, tmp_path: Pat
     assert written[512:] == data[512:]
     labels = partition_labels(lab.device)
     assert "config-2" in labels.values(), labels
+    part = next(p for p, label in labels.items() if label == "config-2")
+    meta = json.loads(iso_file(part, "/openstack/latest/meta_data.json"))
+    assert meta["hostname"] == "e2e-json" and meta["uuid"] == uuid, meta
+    assert meta["public_keys"] == JSON_DRIVE["meta_data"]["public_keys"]
+    assert iso_file(part, "/openstack/2012-08-10/user_data").decode() == JSON_DRIVE["user_data"]
+    assert json.loads(iso_file(part, "/openstack/latest/network_data.json")) == JSON_DRIVE["network_data"]
+    assert "ssh-ed25519" not in json.dumps(lab.node(uuid))  # the drive is masked in the API
     steps = [e["data"]["step"] for e in lab.history(uuid) if e["event_type"] == "step.end"]
     assert steps[-5:] == [
         "deploy.deploy",
@@ -423,22 +467,27 @@ def test_deploy_raw_image_with_configdrive(lab: Lab, files: Files, tmp_path: Pat
     ]
 
 
-def test_deploy_qcow2_image(lab: Lab, files: Files, tmp_path: Path) -> None:
-    data = os.urandom(12 * MIB)
+@STORES
+def test_deploy_qcow2_image_with_configdrive(lab: Lab, files: Files, tmp_path: Path) -> None:
+    """A qcow2 whole-disk image, and the config drive as a ready image (base64 of a gzipped ISO)."""
+    data = mbr_image(12)
     raw = tmp_path / "src.raw"
     raw.write_bytes(data)
     qcow = tmp_path / "src.qcow2"
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)], check=True)
     qdata = qcow.read_bytes()
     uuid = available_node(lab, **image_info(files.put("disk.qcow2", qdata), qdata, image_disk_format="qcow2"))
-    lab.provision(uuid, "active")
+    lab.provision(uuid, "active", configdrive=configdrive(tmp_path))
     n = lab.run_with_agent(uuid, {"active", "deploy failed"})
     assert n["provision_state"] == "active", lab.explain(uuid)
 
     back = tmp_path / "back.raw"  # the served qcow2, converted back, is what the disk holds
     subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(qcow), str(back)], check=True)
     assert back.read_bytes() == data
-    assert read_dev(lab.device, len(data)) == data
+    written = read_dev(lab.device, len(data))  # but for the config drive's partition entry (MBR entry 2)
+    assert written[:462] == data[:462] and written[512:] == data[512:]
+    part = next(p for p, label in partition_labels(lab.device).items() if label == "config-2")
+    assert json.loads(iso_file(part, "/openstack/latest/meta_data.json"))["hostname"] == "e2e"
 
 
 def test_checksum_mismatch_fails_the_deploy_and_wipes(lab: Lab, files: Files) -> None:
@@ -472,6 +521,7 @@ exit 1
 """
 
 
+@STORES
 def test_update_firmware_clean_step(lab: Lab, files: Files) -> None:
     uuid = lab.create_node()
     ok = firmware_tarball(RUNME_OK)
@@ -514,9 +564,58 @@ def test_erase_devices_zeroes_the_disk(lab: Lab) -> None:
             assert block == bytes(len(block)), f"non-zero bytes near offset {f.tell() - len(block)}"
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def vendor_manager() -> dict[str, str]:
+    """The example vendor manager, installed into this venv (dev.sh installs it; CI may not have yet);
+    the environment that makes it rate itself VENDOR on this (non-ExampleVendor) machine."""
+    import importlib.metadata
+
+    def installed() -> bool:
+        eps = importlib.metadata.entry_points(group="ironworks.agent.hardware_managers")
+        return any(ep.name == "example-vendor" for ep in eps)
+
+    if not installed():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "-e", str(REPO / "examples/vendor_manager")], check=True
+        )
+        importlib.invalidate_caches()
+    assert installed(), "pip install examples/vendor_manager did not register its entry point"
+    return {"IRONWORKS_EXAMPLE_VENDOR": "1"}
+
+
+def test_vendor_step_through_the_api_with_the_real_agent(lab: Lab, vendor_manager: dict[str, str]) -> None:
+    """A vendor hardware manager's step (``update_vendor_firmware``) as a manual clean step: accepted
+    while the agent's steps were never listed, checked once the agent lists them, run; from then on
+    the API knows it (and its arguments) up front."""
+    uuid = lab.create_node()
+    step = {"interface": "deploy", "step": "update_vendor_firmware", "args": {"version": "7.1"}}
+    lab.provision(uuid, "clean", clean_steps=[step])
+    n = lab.run_with_agent(uuid, {"manageable", "clean failed"}, env=vendor_manager)
+    assert n["provision_state"] == "manageable", lab.explain(uuid)
+    results = [e for e in lab.history(uuid) if e["event_type"] == "agent.result"]
+    assert results and results[-1]["data"]["result"] == {"vendor": "ExampleVendor", "firmware_version": "7.1"}
+    cached = n["driver_internal_info"]["agent_cached_clean_steps"]["deploy"]
+    vendor = next(s for s in cached if s["step"] == "update_vendor_firmware")
+    assert vendor["argsinfo"]["version"]["type"] == "string"
+    assert {"erase_devices_metadata", "update_firmware"} <= {s["step"] for s in cached}
+
+    for bad, expected in (
+        ({"interface": "deploy", "step": "update_vendor_firmwre"}, "deploy.update_vendor_firmware"),
+        (dict(step, args={"version": 7}), "argument 'version' must be of type string"),
+    ):
+        r = lab.api.put(f"/v1/nodes/{uuid}/states/provision", json={"target": "clean", "clean_steps": [bad]})
+        assert r.status_code == 400, r.text
+        assert expected in json.loads(r.json()["error_message"])["faultstring"], r.text
+    assert lab.node(uuid)["provision_state"] == "manageable"
+
+
 # ---- 6: rescue ------------------------------------------------------------------------------------------
 
 
+@STORES
 def test_rescue_sets_the_password_and_unrescue_returns(lab: Lab, files: Files) -> None:
     """rescue: the agent sets the rescue user's password (hashed, in its own root: never the host's
     /etc), the node reaches ``rescue``; unrescue brings it back to ``active``."""
@@ -539,6 +638,7 @@ def test_rescue_sets_the_password_and_unrescue_returns(lab: Lab, files: Files) -
 # ---- 7: the agent dies mid-deploy ---------------------------------------------------------------------
 
 
+@STORES
 def test_agent_killed_mid_deploy_fails_after_silence(lab: Lab, files: Files) -> None:
     data = os.urandom(64 * MIB)
     files.put("big.raw", data)
