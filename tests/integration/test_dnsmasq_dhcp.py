@@ -281,6 +281,35 @@ def test_unknown_macs_discovery_boots_the_default_and_known_macs_keep_their_own(
         server.stop()
 
 
+def test_a_separate_conductor_runs_dnsmasq_and_stops_it(lab: DhcpLab) -> None:
+    state = lab.workdir / "c"
+    exe = str(venv_executable("ironworks"))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("IRONWORKS_")}
+    env = {**base, **_dhcp_env("srv1", NET1)}
+    upgraded = lab.ns.run([exe, "db", "upgrade", "--state-dir", str(state)], env=env, timeout=120)
+    assert upgraded.returncode == 0, upgraded.stderr
+    conductor = lab.procs.start("conductor", [exe, "conductor", "--state-dir", str(state)], env=env)
+    try:
+        pid_file = state / "dnsmasq" / "dnsmasq.pid"
+        deadline = time.monotonic() + LOG_BOUND_S
+        while not pid_file.exists() and conductor.exit_code() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pid_file.exists(), conductor.log_tail()
+        dnsmasq = int(pid_file.read_text().split()[0])
+        mac = "52:54:00:14:00:03"
+        provider = DnsmasqDhcp(load_config(None, environ={}, overrides={"": {"state_dir": str(state)}}))
+        provider.update_dhcp_opts(NODE_A, [mac], [DhcpOption("bootfile-name", "from-conductor.efi")])
+        lab.wait_for_log(
+            f"read {provider.hostsdir}/ironworks-52-54-00-14-00-03.conf", 0, log=state / "logs" / "dnsmasq.log"
+        )
+        lease = lab.request(mac, iface="cli1")
+        assert lease is not None and lease["bootfile"] == "from-conductor.efi"
+    finally:
+        lab.procs.stop(conductor)  # SIGTERM by PID
+    assert conductor.exit_code() == 0, conductor.log_tail()
+    assert not lab.ns.owns(dnsmasq)
+
+
 def test_serve_fails_clearly_when_dnsmasq_cannot_start(lab: DhcpLab) -> None:
     state = lab.workdir / "bad"
     argv = [str(venv_executable("ironworks")), "serve", "--port", "6390", "--state-dir", str(state)]
