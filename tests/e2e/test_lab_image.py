@@ -6,12 +6,17 @@ the real ``ipmitool``, and the marker lines the image's ``/init`` prints are rea
 console. With a config drive added by the agent's own code (``ironworks.agent.configdrive`` on a copy
 of the image attached to a loop device this test creates), the image reports the config drive's uuid.
 The image powers itself off, so the VM is off again when a test ends.
+
+The lab's network-boot side is proven here too: an Ironworks started on the bridge
+(``start_ironworks(on_bridge=True)`` with ``lab.network.dhcp_env()``) runs dnsmasq on the bridge, a
+VM's iPXE gets its address from it, and fetches its boot script from Ironworks at the bridge address.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -168,6 +173,40 @@ def test_image_reports_the_config_drive_the_agent_wrote(
     marker, drive, _ = boot_from_disk(lab, vm)
     assert marker["image"] == instance_image.image_id
     assert drive == f"uuid={node_uuid} device=/dev/vda2"
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(600)
+def test_a_vm_gets_dhcp_from_ironworks_on_the_bridge_and_reaches_its_api(vms_off: Lab) -> None:
+    lab = vms_off
+    # unknown MACs get the default (discovery) boot: no node is needed for the VM to be answered
+    env = {**lab.network.dhcp_env(), "IRONWORKS_DHCP_UNKNOWN_MACS": "discovery"}
+    server = lab.start_ironworks(env, on_bridge=True)
+    vm = lab.vms_with("bios")[0]
+    try:
+        # the API at the bridge address, from inside the namespace (where the VMs are), with links to it
+        root = server.api.get(f"{server.public_url}/v1")
+        assert root.status_code == 200, root.text
+        assert root.json()["links"][0]["href"].startswith(server.public_url), root.json()["links"]
+        ipmitool(lab, vm, "chassis", "bootdev", "pxe", "options=persistent")
+        offset = vm.serial.offset()
+        ipmitool(lab, vm, "power", "on")
+        prefix = re.escape(lab.network.subnet_prefix)
+        lease = lab.wait_for_serial(vm, rf"net0: ({prefix}\.\d+)/255\.255\.255\.0", after=offset, bound=BOOT_BOUND_S)
+        first, last = lab.settings.dhcp_first, lab.settings.dhcp_last
+        assert first <= int(lease.match.group(1).rsplit(".", 1)[1]) <= last, lease.text
+        # iPXE fetches the default script over HTTP from Ironworks itself, at the bridge address
+        script = rf"{re.escape(server.public_url)}/boot/default\.ipxe"
+        lab.wait_for_serial(vm, script, after=lease.end, bound=BOOT_BOUND_S)
+        log = (server.state_dir / "logs" / "dnsmasq.log").read_text()
+        ack = rf"DHCPACK\({lab.network.bridge}\) {re.escape(lease.match.group(1))} {vm.mac}"
+        assert re.search(ack, log), log[-3000:]
+        # the bridge's router advertisements reached iPXE: it configured an address in the lab's IPv6 prefix
+        v6 = re.escape(lab.network.ipv6_address.rsplit("::", 1)[0])
+        lab.wait_for_serial(vm, rf"net0: {v6}:[0-9a-f:]+/64", after=offset, bound=10)
+    finally:
+        lab.power_off_vm(vm)
+        server.stop()
 
 
 @pytest.mark.lab

@@ -157,6 +157,7 @@ class Lab:
             self.procs = ProcessTable(self.ns, pid_dir=self.pid_dir, log_dir=self.log_dir)
             self.ns.ip("link", "add", BRIDGE, "type", "bridge")
             self.ns.ip("addr", "add", f"{self.host_ip}/24", "dev", BRIDGE)
+            self.ns.ip("addr", "add", f"{self.network.ipv6_address}/64", "dev", BRIDGE, "nodad")
             self.ns.ip("link", "set", BRIDGE, "up")
         with self._step("libvirtd", [self.log_dir / "libvirtd.log", self.libvirt.state_dir / "log" / "virtlogd.out"]):
             self._start_libvirtd()

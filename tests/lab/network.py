@@ -2,7 +2,9 @@
 
 The bridge lives inside the lab's namespace and has no uplink: its ``/24`` holds only the bridge
 address (``.1``), the lab's VMs and whatever DHCP hands them, so any pool in it is free for the
-dnsmasq that Ironworks supervises (``[dhcp] manage_dnsmasq``).
+dnsmasq that Ironworks supervises (``[dhcp] manage_dnsmasq``). The bridge also has an IPv6 ULA
+(``fd00:<x>::1/64``), only so that dnsmasq can send router advertisements (``[dhcp] enable_ra``):
+without them iPXE waits ~13 s for IPv6 autoconfiguration before it does anything.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ class LabNetwork:
     def address(self) -> str:
         """The bridge's address: what VMs reach the host side at (HTTP server, Ironworks, dnsmasq)."""
         return f"{self.subnet_prefix}.1"
+
+    @property
+    def ipv6_address(self) -> str:
+        """The bridge's IPv6 ULA (``/64``): dnsmasq's router advertisements are built from it."""
+        return f"fd00:{self.subnet_prefix.rsplit('.', 1)[1]}::1"
 
     @property
     def dhcp_range(self) -> str:
