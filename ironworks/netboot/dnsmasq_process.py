@@ -108,6 +108,16 @@ def check_managed_config(config: Config) -> None:
     for line in d.extra_options:
         if "\n" in line or "\r" in line:
             raise ConfigError(f"[dhcp] extra_options holds {line!r}: one dnsmasq option per list item, no newlines.")
+    files, (hosts, opts) = dnsmasq_files(config), dhcp_dirs(config)
+    for key, path in (
+        ("state_dir", files.conf),
+        ("[dhcp] hostsdir", hosts),
+        ("[dhcp] optsdir", opts),
+        ("[netboot] tftp_root", files.tftp_root),
+    ):
+        # dnsmasq.conf has no quoting for paths: these would split or comment its line
+        if any(ch.isspace() or ch in '#",' for ch in str(path.absolute())):
+            raise ConfigError(f"{key} {path} contains a space, '#', '\"' or ',', which dnsmasq.conf cannot hold.")
     if shutil.which(d.dnsmasq_binary) is None:
         raise ConfigError(
             f"[dhcp] dnsmasq_binary = {d.dnsmasq_binary!r} is not an executable on PATH: install dnsmasq "

@@ -262,6 +262,7 @@ def test_generated_conf_for_discovery_and_router_advertisements(tmp_path: Path) 
         ({"interface": "a,b", "dhcp_range": "1,2"}, "characters that do not belong"),
         ({"interface": "prov0", "dhcp_range": "1,2", "extra_options": ["a\nb"]}, "no newlines"),
         ({"interface": "prov0", "dhcp_range": "1,2", "dnsmasq_binary": "/nonexistent/dnsmasq"}, "dnsmasq-base"),
+        ({"interface": "prov0", "dhcp_range": "1,2", "hostsdir": "/srv/my hosts"}, r"\[dhcp\] hostsdir /srv/my hosts"),
     ],
 )
 def test_managed_dnsmasq_config_errors_name_the_key(tmp_path: Path, dhcp: dict[str, object], message: str) -> None:
