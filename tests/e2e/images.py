@@ -267,13 +267,17 @@ def build_initramfs(image_id: str, modules_dir: Path) -> bytes:
 
 # ---- the disk image --------------------------------------------------------------------------------
 def _inputs_key(image_id: str, size: int, deb: Path) -> str:
+    # this file's text stands for the layout, /init and boot configs: editing it builds a new image
     digest = hashlib.sha256()
     for part in (image_id, str(size), deb.name, str(deb.stat().st_size), Path(__file__).read_text()):
         digest.update(part.encode() + b"\0")
-    for tool in (shutil.which("busybox"), str(MBR_BIN)):
-        digest.update(sha256_file(Path(tool)).encode() if tool and Path(tool).exists() else b"-")
-    digest.update(_run("grub version", ["grub-mkstandalone", "--version"]).encode())
-    # syslinux --version prints to stderr; its files in the image come from the same package as mbr.bin
+    busybox = shutil.which("busybox")
+    digest.update(sha256_file(Path(busybox)).encode() if busybox else b"-")
+    packages = ["syslinux", "syslinux-common", "grub-common", "grub-efi-amd64-bin", "dosfstools", "mtools"]
+    versions = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package} ${Version}\n", *packages], capture_output=True, text=True, check=False
+    )
+    digest.update(versions.stdout.encode())
     return digest.hexdigest()[:16]
 
 
@@ -288,6 +292,8 @@ def build_instance_image(
     missing = [t for t in TOOLS if shutil.which(t) is None] + ([str(MBR_BIN)] if not MBR_BIN.exists() else [])
     if missing:
         raise ImageBuildError(f"missing {', '.join(missing)}: `./dev.sh setup` installs them")
+    if deb is not None and not deb.is_file():
+        raise ImageBuildError(f"the kernel package {deb} does not exist (IRONWORKS_E2E_KERNEL_DEB?)")
     deb = deb or kernel_deb(cache)
     root = cache / "e2e-images"
     final = root / _inputs_key(image_id, size, deb)
