@@ -1,22 +1,26 @@
 """Writing an instance image onto a disk, as Ironic's ``image_info`` describes it.
 
-A raw image streams from HTTP straight onto the device in three overlapping stages (the calling thread
+An image streams from HTTP straight onto the device in three overlapping stages (the calling thread
 reads the body into a buffer, a second thread hashes it, a third writes it with ``O_DIRECT``), through
 a small fixed pool of page-aligned buffers, so memory stays a few tens of MiB whatever the image size.
-A qcow2 image is downloaded (and hashed) to a temporary file first, because ``qemu-img`` needs random
-access to it, and is only converted onto the device once its hash matched.
+A raw image is written as it comes; a qcow2 image is decoded on the way (``ironworks.agent.qcow2``)
+and only its data lands on the disk, the rest of the device up to the image's virtual size is zeroed.
+A qcow2 image using a feature the decoder leaves to ``qemu-img`` (zstd compression, subclusters, ...)
+is downloaded (and hashed) to a temporary file instead and converted with ``qemu-img`` once its hash
+matched.
 
-A download that breaks is retried a bounded number of times, resuming with ``Range`` when the server
-honours it. If anything fails after the first byte reached the device, the first and last MiB are
-wiped so the disk can never boot a half-written or tampered image.
+The hash covers exactly the downloaded bytes and is checked when the download ends. A download that
+breaks is retried a bounded number of times, resuming with ``Range`` when the server honours it. If
+anything fails after the first byte reached the device (a hash mismatch included), the first and last
+MiB are wiped so the disk can never boot a half-written or tampered image.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import http.client
 import json
+import logging
 import mmap
 import os
 import queue
@@ -28,17 +32,20 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import IO, Any
 
-from ironworks.agent import devices
+from ironworks.agent import devices, qcow2
 from ironworks.agent.errors import ChecksumMismatch, ImageError
+from ironworks.agent.writer import ALIGN, DeviceWriter
+
+LOG = logging.getLogger(__name__)
 
 Progress = Callable[[int, int | None], None]
 Sink = Callable[[memoryview, int], None]
 
 CHUNK = 8 << 20  # a multiple of ALIGN: every chunk but a short last one is O_DIRECT-aligned
 BUFFERS = 4
-ALIGN = 4096  # O_DIRECT alignment of offsets, lengths and memory: the largest logical block size
+assert CHUNK % ALIGN == 0
 HASH_ALGOS = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512")
 _HEX_LENGTHS = {32: "md5", 40: "sha1", 56: "sha224", 64: "sha256", 96: "sha384", 128: "sha512"}
 _CHECKSUM_FILE_LIMIT = 1 << 20
@@ -260,73 +267,15 @@ def fetch(
     raise ImageError(f"could not download the image after {attempts} attempts: {'; '.join(errors)}", url=urls[0])
 
 
-def _open_target(device: str) -> int:
-    # O_EXCL on a block device fails with EBUSY while it (or a partition) is mounted.
-    flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_EXCL if devices.is_block(device) else 0)
-    try:
-        return os.open(device, flags)
-    except OSError as exc:
-        raise ImageError(f"cannot open {device} for writing: {exc.strerror}", device=device) from exc
-
-
-def _open_direct(device: str) -> int | None:
-    """A second, ``O_DIRECT`` descriptor (None where the file system refuses it, e.g. tmpfs).
-
-    Opened after the ``O_EXCL`` one, without ``O_EXCL``: the exclusive claim is already ours.
-    """
-    try:
-        return os.open(device, os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT)
-    except OSError:
-        return None
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> int:
-    done = 0
-    while done < len(data):
-        done += os.pwrite(fd, data[done:], offset + done)
-    return done
-
-
 def _write_raw(
     urls: Sequence[str], device: str, algo: str, progress: Progress, mark: Callable[[], None], opts: dict[str, Any]
 ) -> tuple[int, str]:
-    size = devices.device_size(device)
-    fd = _open_target(device)
-    # Aligned blocks go through O_DIRECT, like dd oflag=direct: no page cache to fill, no writeback
-    # storm at the final fsync. A short last chunk's unaligned tail (and any chunk O_DIRECT refuses)
-    # goes through the ordinary descriptor; the kernel keeps the two coherent.
-    direct: list[int | None] = [_open_direct(device)]
+    writer = DeviceWriter(device, on_write=mark)
     try:
-
-        def sink(chunk: memoryview, offset: int) -> None:
-            mark()
-            if offset + len(chunk) > size:
-                raise ImageError(f"the image is larger than {device} ({size} bytes)", device=device)
-            try:
-                done = 0
-                dfd = direct[0]
-                if dfd is not None and offset % ALIGN == 0 and len(chunk) >= ALIGN:
-                    aligned = len(chunk) - len(chunk) % ALIGN
-                    try:
-                        done = _pwrite_all(dfd, chunk[:aligned], offset)
-                    except OSError as exc:
-                        if exc.errno != errno.EINVAL:
-                            raise
-                        direct[0] = None  # this file system takes no O_DIRECT writes after all
-                        os.close(dfd)
-                if done < len(chunk):
-                    _pwrite_all(fd, chunk[done:], offset + done)
-            except OSError as exc:
-                raise ImageError(f"writing to {device} failed: {exc.strerror}", device=device) from exc
-
-        written, digest = fetch(urls, sink, algo=algo, progress=progress, **opts)
-        if direct[0] is not None:
-            os.fsync(direct[0])
-        os.fsync(fd)
+        written, digest = fetch(urls, writer.write, algo=algo, progress=progress, **opts)
+        writer.sync()
     finally:
-        if direct[0] is not None:
-            os.close(direct[0])
-        os.close(fd)
+        writer.close()
     return written, digest
 
 
@@ -355,34 +304,82 @@ def _convert(path: str, device: str, virtual_size: int, progress: Progress) -> N
         raise ImageError(f"qemu-img convert onto {device} failed: {msg}", device=device)
 
 
+class _Qcow2Sink:
+    """Feeds the download to the streaming decoder, or spools it to a file once the decoder declines it."""
+
+    def __init__(self, writer: DeviceWriter, tmp_dir: str | None) -> None:
+        self.decoder = qcow2.Decoder(writer, device_size=writer.size, tmp_dir=tmp_dir)
+        self.tmp_dir = tmp_dir
+        self.spool: IO[bytes] | None = None
+        self.declined = ""
+        self.failure: ImageError | None = None
+
+    def __call__(self, chunk: memoryview, offset: int) -> None:
+        if self.failure is not None:
+            return  # the download goes on: its hash tells a damaged download from a damaged image
+        if self.spool is None:
+            try:
+                self.decoder.feed(chunk, offset)
+                return
+            except qcow2.Unsupported as exc:
+                self.declined = str(exc)
+                LOG.info("the qcow2 image cannot be streamed (%s): downloading it for qemu-img convert", exc)
+                self.spool = tempfile.NamedTemporaryFile(dir=self.tmp_dir, prefix="image-", suffix=".qcow2")  # noqa: SIM115
+                self._spool(memoryview(self.decoder.head), 0)  # what the decoder took of it so far
+            except ImageError as exc:
+                if not self.decoder.started:
+                    raise  # a refused header: nothing was written, no need to download the rest
+                self.failure = exc
+                return
+        self._spool(chunk, offset)
+
+    def _spool(self, chunk: memoryview, offset: int) -> None:
+        assert self.spool is not None
+        try:
+            os.pwrite(self.spool.fileno(), chunk, offset)
+        except OSError as exc:
+            where = self.tmp_dir or tempfile.gettempdir()
+            raise ImageError(f"could not keep the qcow2 image in {where} for qemu-img: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        self.decoder.close()
+        if self.spool is not None:
+            self.spool.close()
+
+
 def _write_qcow2(
     urls: Sequence[str],
     device: str,
     algo: str,
-    expected: str,
+    verify: Callable[[str], None],
     progress: Progress,
     mark: Callable[[], None],
     tmp_dir: str | None,
     opts: dict[str, Any],
-) -> tuple[int, str]:
-    with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="image-", suffix=".qcow2") as tmp:
-        fd = tmp.fileno()
-
-        def sink(chunk: memoryview, offset: int) -> None:
-            os.pwrite(fd, chunk, offset)
-
-        _, digest = fetch(urls, sink, algo=algo, progress=progress, **opts)
-        if digest != expected:
-            raise ChecksumMismatch(
-                f"the image hashes to {algo} {digest}, expected {expected}: {device} was wiped", device=device
-            )
-        info = qcow2_info(tmp.name)
+) -> tuple[int, str, str]:
+    writer = DeviceWriter(device, on_write=mark)
+    sink = _Qcow2Sink(writer, tmp_dir)
+    try:
+        try:
+            _, digest = fetch(urls, sink, algo=algo, progress=progress, **opts)
+            verify(digest)
+            if sink.failure is not None:
+                raise sink.failure
+            if sink.spool is None:
+                virtual = sink.decoder.finish()
+                writer.sync()
+                return virtual, digest, "stream"
+        finally:
+            writer.close()  # qemu-img opens the device itself
+        info = qcow2_info(sink.spool.name)
         virtual = int(info["virtual-size"])
         if virtual > devices.device_size(device):
             raise ImageError(f"the image ({virtual} bytes) does not fit on {device}", device=device)
         mark()
-        _convert(tmp.name, device, virtual, progress)
-    return virtual, digest
+        _convert(sink.spool.name, device, virtual, progress)
+    finally:
+        sink.close()
+    return virtual, digest, f"qemu-img convert ({sink.declined})"
 
 
 def write_image(
@@ -396,11 +393,13 @@ def write_image(
     retry_delay: float = 1.0,
     timeout: float = 60.0,
 ) -> dict[str, Any]:
-    """Write the image onto ``device`` and verify its hash; return bytes written, digest and seconds.
+    """Write the image onto ``device`` and verify its hash; return bytes written, digest, seconds, method.
 
-    ``progress(done, total)`` is called per chunk downloaded (and, for qcow2, per percent converted,
-    against the virtual size). On any failure after writing began, the device's first and last MiB
-    are zeroed; a hash mismatch raises ChecksumMismatch.
+    ``progress(done, total)`` is called per chunk downloaded, against the image file's size (and, for
+    a qcow2 that ``qemu-img`` converts, per percent converted, against the virtual size). On any
+    failure after writing began, the device's first and last MiB are zeroed; a hash mismatch raises
+    ChecksumMismatch. ``bytes_written`` is the virtual size for qcow2; ``method`` says how it was
+    written (``stream``, or ``qemu-img convert (<why>)``).
     """
     devices.check_allowed(device, allowlist)
     started = time.monotonic()
@@ -416,19 +415,24 @@ def write_image(
         if not wrote:
             wrote.append(True)
 
+    def verify(digest: str) -> None:
+        if digest != expected:
+            raise ChecksumMismatch(
+                f"image {image_info.get('id')} hashes to {algo} {digest}, expected {expected}: {device} was wiped",
+                device=device,
+            )
+
     try:
         if fmt == "raw":
             written, digest = _write_raw(urls, device, algo, progress, mark, opts)
-            if digest != expected:
-                raise ChecksumMismatch(
-                    f"image {image_info.get('id')} hashes to {algo} {digest}, expected {expected}: {device} was wiped",
-                    device=device,
-                )
+            verify(digest)
+            method = "stream"
         else:
-            written, digest = _write_qcow2(urls, device, algo, expected, progress, mark, tmp_dir, opts)
+            written, digest, method = _write_qcow2(urls, device, algo, verify, progress, mark, tmp_dir, opts)
     except BaseException as exc:
         # a mismatch wipes even an untouched disk: it must not look deployed with an older image either
         if wrote or isinstance(exc, ChecksumMismatch):
             devices.wipe_head_tail(device, allowlist=allowlist)
         raise
-    return {"bytes_written": written, algo: digest, "seconds": round(time.monotonic() - started, 3)}
+    seconds = round(time.monotonic() - started, 3)
+    return {"bytes_written": written, algo: digest, "seconds": seconds, "method": method}

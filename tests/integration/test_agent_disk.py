@@ -165,25 +165,161 @@ def test_checksum_url_is_followed(make_loop: Callable[[int], str], http_root: An
     assert image.write_image(info, dev, progress=lambda d, t: None, allowlist=[dev])["bytes_written"] == len(data)
 
 
-def test_qcow2_image_converted_onto_the_device(make_loop: Callable[[int], str], http_root: Any, tmp_path: Path) -> None:
+def _qcow2(tmp_path: Path, root: Path, data: bytes, name: str = "d.qcow2", *options: str) -> bytes:
+    """``data`` as a qcow2 file served as ``name``; its bytes."""
+    src = tmp_path / f"{name}.raw"
+    src.write_bytes(data)
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", *options, src, root / name], check=True)
+    return (root / name).read_bytes()
+
+
+def _qcow2_info(url: str, name: str, qcow: bytes) -> dict[str, Any]:
+    return {"id": "q", "urls": [f"{url}/{name}"], "disk_format": "qcow2", "os_hash_algo": "sha256",
+            "os_hash_value": hashlib.sha256(qcow).hexdigest()}  # fmt: skip
+
+
+def test_qcow2_image_streamed_onto_the_device(make_loop: Callable[[int], str], http_root: Any, tmp_path: Path) -> None:
     url, root, _ = http_root
     dev = make_loop(64)
     with open(dev, "wb") as f:  # old content where the image has holes must become zeros
-        f.write(b"\xff" * 48 * MIB)
+        f.write(b"\xff" * 64 * MIB)
     data = _random(8 * MIB) + bytes(16 * MIB) + _random(MIB)
-    (tmp_path / "src.raw").write_bytes(data)
-    subprocess.run(
-        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", tmp_path / "src.raw", root / "d.qcow2"], check=True
-    )
-    qcow = (root / "d.qcow2").read_bytes()
-    info = {"id": "q", "urls": [f"{url}/d.qcow2"], "disk_format": "qcow2", "os_hash_algo": "sha256",
-            "os_hash_value": hashlib.sha256(qcow).hexdigest()}  # fmt: skip
-    seen: list[int | None] = []
-    result = image.write_image(info, dev, progress=lambda d, t: seen.append(t), allowlist=[dev], tmp_dir=str(tmp_path))
+    qcow = _qcow2(tmp_path, root, data)
+    seen: list[tuple[int, int | None]] = []
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    result = image.write_image(
+        _qcow2_info(url, "d.qcow2", qcow), dev, progress=lambda d, t: seen.append((d, t)), allowlist=[dev],
+        tmp_dir=str(spool),
+    )  # fmt: skip
+    assert result["bytes_written"] == len(data) and result["method"] == "stream"
+    assert _read(dev, len(data)) == data
+    assert _read(dev, 64 * MIB - len(data), len(data)) == b"\xff" * (64 * MIB - len(data))  # -n: beyond is kept
+    assert seen[-1] == (len(qcow), len(qcow))  # progress counts the downloaded file
+    assert not list(spool.iterdir())
+
+
+def test_qcow2_with_its_l1_table_at_the_end_streams_through_the_spill_file(
+    make_loop: Callable[[int], str], http_root: Any, tmp_path: Path
+) -> None:
+    url, root, _ = http_root
+    dev = make_loop(80)
+    qcow_path = root / "r.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", qcow_path, "16M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 7 1M 5M", "-c", "write -P 8 12M 64k", qcow_path], check=True,
+                   capture_output=True)  # fmt: skip
+    subprocess.run(["qemu-img", "resize", "-q", qcow_path, "64M"], check=True)  # moves the L1 table to the end
+    subprocess.run(["qemu-io", "-c", "write -P 9 60M 1M", qcow_path], check=True, capture_output=True)
+    expected = tmp_path / "expected.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", qcow_path, expected], check=True)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    qcow = qcow_path.read_bytes()
+    result = image.write_image(_qcow2_info(url, "r.qcow2", qcow), dev, progress=lambda d, t: None, allowlist=[dev],
+                               tmp_dir=str(spool))  # fmt: skip
+    assert result["method"] == "stream"
+    assert _read(dev, 64 * MIB) == expected.read_bytes()
+    assert not list(spool.iterdir())
+
+
+def test_compressed_qcow2_download_resumes_after_a_broken_connection(
+    make_loop: Callable[[int], str], http_root: Any, tmp_path: Path
+) -> None:
+    url, root, handler = http_root
+    dev = make_loop(64)
+    data = _random(4 * MIB) + b"an easily compressed line\n" * 400_000
+    qcow = _qcow2(tmp_path, root, data, "c.qcow2", "-c")
+    info = _qcow2_info(f"{url}/flaky", "c.qcow2", qcow)
+    result = image.write_image(info, dev, progress=lambda d, t: None, allowlist=[dev], retry_delay=0)
+    assert result["method"] == "stream"
+    assert handler.ranges_seen and handler.ranges_seen[0] != "bytes=0-"
+    assert _read(dev, len(data)) == data
+
+
+def test_zstd_qcow2_falls_back_to_qemu_img(make_loop: Callable[[int], str], http_root: Any, tmp_path: Path) -> None:
+    url, root, _ = http_root
+    dev = make_loop(64)
+    with open(dev, "wb") as f:
+        f.write(b"\xff" * 32 * MIB)
+    data = _random(3 * MIB) + bytes(10 * MIB) + (b"zstd " * 420_000)[: 2 * MIB]
+    qcow = _qcow2(tmp_path, root, data, "z.qcow2", "-c", "-o", "compression_type=zstd")
+    seen: list[tuple[int, int | None]] = []
+    result = image.write_image(_qcow2_info(url, "z.qcow2", qcow), dev, progress=lambda d, t: seen.append((d, t)),
+                               allowlist=[dev], tmp_dir=str(tmp_path))  # fmt: skip
+    assert result["method"] == "qemu-img convert (compression type 1 (not zlib))"
     assert result["bytes_written"] == len(data)
     assert _read(dev, len(data)) == data
-    assert len(data) in seen  # convert progress is reported against the virtual size
+    assert (len(data), len(data)) in seen  # qemu-img's progress, against the virtual size
     assert not list(tmp_path.glob("image-*"))
+
+
+def test_qcow2_larger_than_the_device_is_refused_untouched(
+    make_loop: Callable[[int], str], http_root: Any, tmp_path: Path
+) -> None:
+    url, root, _ = http_root
+    dev = make_loop(16)
+    with open(dev, "wb") as f:
+        f.write(b"\x5a" * 16 * MIB)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", root / "big.qcow2", "17M"], check=True)
+    qcow = (root / "big.qcow2").read_bytes()
+    with pytest.raises(ImageError, match="does not fit"):
+        image.write_image(_qcow2_info(url, "big.qcow2", qcow), dev, progress=lambda d, t: None, allowlist=[dev])
+    assert _read(dev, 16 * MIB) == b"\x5a" * 16 * MIB
+
+
+def test_corrupt_qcow2_with_a_matching_hash_fails_and_wipes(
+    make_loop: Callable[[int], str], http_root: Any, tmp_path: Path
+) -> None:
+    url, root, _ = http_root
+    dev = make_loop(32)
+    qcow = bytearray(_qcow2(tmp_path, root, _random(6 * MIB)))
+    l1 = int.from_bytes(qcow[40:48], "big")
+    l2 = int.from_bytes(qcow[l1 : l1 + 8], "big") & 0x00FFFFFFFFFFFE00
+    qcow[l2 + 8 * 50 : l2 + 8 * 51] = (1 << 63 | 1 << 40).to_bytes(8, "big")  # cluster 50 far past the end
+    (root / "bad.qcow2").write_bytes(qcow)
+    with pytest.raises(ImageError, match="beyond the end of the file") as err:
+        image.write_image(_qcow2_info(url, "bad.qcow2", bytes(qcow)), dev, progress=lambda d, t: None,
+                          allowlist=[dev])  # fmt: skip
+    assert not isinstance(err.value, ChecksumMismatch)
+    assert _read(dev, MIB) == bytes(MIB) and _read(dev, MIB, 31 * MIB) == bytes(MIB)
+
+
+def test_damaged_qcow2_download_is_a_checksum_mismatch(
+    make_loop: Callable[[int], str], http_root: Any, tmp_path: Path
+) -> None:
+    """A table damaged on the way makes the decoder fail, but the hash says what happened."""
+    url, root, _ = http_root
+    dev = make_loop(32)
+    qcow = _qcow2(tmp_path, root, _random(6 * MIB))
+    damaged = bytearray(qcow)
+    l1 = int.from_bytes(damaged[40:48], "big")
+    damaged[l1 : l1 + 8] = (1 << 63 | 3 << 30).to_bytes(8, "big")  # the L2 table is now "beyond the end"
+    (root / "d.qcow2").write_bytes(damaged)
+    with pytest.raises(ChecksumMismatch):
+        image.write_image(_qcow2_info(url, "d.qcow2", qcow), dev, progress=lambda d, t: None, allowlist=[dev])
+    assert _read(dev, MIB) == bytes(MIB)
+
+
+def test_streamed_qcow2_then_a_configdrive(make_loop: Callable[[int], str], http_root: Any, tmp_path: Path) -> None:
+    url, root, _ = http_root
+    dev = make_loop(256)
+    disk = tmp_path / "disk.raw"
+    with open(disk, "wb") as f:
+        f.truncate(96 * MIB)
+    subprocess.run(["sfdisk", "-q", disk], input="label: gpt\nstart=2048, size=40MiB\n", text=True, check=True)
+    payload = _random(3 * MIB)
+    with open(disk, "r+b") as f:
+        f.seek(MIB + 5 * MIB)
+        f.write(payload)
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", disk, root / "os.qcow2"], check=True)
+    qcow = (root / "os.qcow2").read_bytes()
+    result = image.write_image(_qcow2_info(url, "os.qcow2", qcow), dev, progress=lambda d, t: None, allowlist=[dev])
+    assert result["method"] == "stream"
+    devices.reread_partitions(dev)
+    part = configdrive.write_configdrive(dev, _configdrive(tmp_path, b'{"uuid": "q1"}'), allowlist=[dev])
+    assert part == f"{dev}p2" and _label(part) == "config-2"
+    assert _read(dev, len(payload), 6 * MIB) == payload  # the image's partition is intact
+    assert _read(f"{dev}p1", len(payload), 5 * MIB) == payload
 
 
 def test_qcow2_with_a_backing_file_is_refused(make_loop: Callable[[int], str], http_root: Any, tmp_path: Path) -> None:
