@@ -23,7 +23,6 @@ from typing import Any, ClassVar
 from ironworks.drivers.agent_client import (
     AgentBusy,
     AgentClient,
-    AgentCommandFailed,
     AgentError,
     AgentUnreachable,
     command_error_message,
@@ -39,8 +38,7 @@ from ironworks.drivers.base import (
     ValidationError,
 )
 from ironworks.drivers.steps import Done, Failed, Outcome, Wait, step
-from ironworks.images.configdrive import ConfigDriveError
-from ironworks.images.configdrive import build as build_configdrive
+from ironworks.images.configdrive import ConfigDriveError, for_agent
 
 #: driver_internal_info keys that belong to one boot of the agent (cleared when it is torn down)
 AGENT_KEYS = (
@@ -69,20 +67,6 @@ BURNIN_NETWORK_ARGS = {
 
 #: at most this many characters of an agent's answer go into the timeline
 RESULT_LIMIT = 8000
-
-
-def agent_configdrive(value: Any, *, node_uuid: str, node_name: str | None) -> str | None:
-    """The config drive as the agent takes it: an image string as given; JSON (API >= 1.56) built into one."""
-    if isinstance(value, str) and value.lstrip().startswith("{"):  # base64 and URLs never start with "{"
-        try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise ConfigDriveError(f"The configdrive looks like JSON but does not parse: {exc}.") from exc
-    if isinstance(value, dict):
-        return build_configdrive(value, node_uuid=node_uuid, node_name=node_name)
-    if value is not None and not isinstance(value, str):
-        raise ConfigDriveError(f"instance_info/configdrive must be an object or a string, not {type(value).__name__}.")
-    return value or None
 
 
 def record_result(task: Task, name: str, result: dict[str, Any]) -> None:
@@ -223,29 +207,17 @@ class AgentMixin:
         listed = list(info.get("agent_steps_listed") or [])
         if not self.agent_ready(task) or kind in listed:
             return None
-        name = f"{kind}.get_{kind}_steps"
         client = AgentClient(str(info["agent_url"]), str(info.get("agent_secret_token", "")))
         try:
-            result = client.execute(name, self._step_params(task), wait=True)
+            by_interface, versions = client.get_steps(kind, self._step_params(task))
         except (AgentBusy, AgentUnreachable):
             return None  # asked again before the next step; a reported step waits for the answer
         finally:
             client.close()
-        if result.get("command_status") != "SUCCEEDED":
-            raise AgentCommandFailed(f"The agent's {name} did not succeed: {command_error_message(result)}")
-        answer = result.get("command_result") or {}
-        per_manager = answer.get(f"{kind}_steps")
-        if not isinstance(per_manager, dict):
-            raise AgentCommandFailed(f"The agent's {name} answered without '{kind}_steps': {str(answer)[:300]}")
-        by_interface: dict[str, list[dict[str, Any]]] = {}
-        for steps in per_manager.values():
-            for item in steps if isinstance(steps, list) else []:
-                if isinstance(item, dict) and isinstance(item.get("step"), str):
-                    by_interface.setdefault(str(item.get("interface") or "deploy"), []).append(item)
         info[f"agent_cached_{kind}_steps"] = by_interface
         info[f"agent_cached_{kind}_steps_refreshed"] = datetime.now(UTC).isoformat()
         info[f"agent_cached_{kind}_steps_agent_version"] = info.get("agent_version")
-        info["hardware_manager_version"] = answer.get("hardware_manager_version")
+        info["hardware_manager_version"] = versions
         info["agent_steps_listed"] = [*listed, kind]
         flat = [item for steps in by_interface.values() for item in steps]
         names = sorted(f"{item.get('interface', 'deploy')}.{item['step']}" for item in flat)
@@ -290,7 +262,7 @@ class AgentDeploy(AgentMixin, DeployInterface):
         """The agent writes the image (and the config drive) onto the disk."""
         ii = task.node.instance_info
         try:
-            configdrive = agent_configdrive(ii.get("configdrive"), node_uuid=task.node.uuid, node_name=task.node.name)
+            configdrive = for_agent(ii.get("configdrive"), node_uuid=task.node.uuid, node_name=task.node.name)
         except ConfigDriveError as exc:
             return Failed(exc.reason, exc.message)
         image_info = {

@@ -93,6 +93,23 @@ class AgentClient:
         """The agent's status document."""
         return self._request("GET", "/v1/status")
 
+    def get_steps(self, kind: str, params: dict[str, Any]) -> tuple[dict[str, list[dict[str, Any]]], Any]:
+        """``<kind>.get_<kind>_steps``: the steps by interface (Ironic's cache shape), and the managers' versions."""
+        name = f"{kind}.get_{kind}_steps"
+        result = self.execute(name, params, wait=True)
+        if result.get("command_status") != "SUCCEEDED":
+            raise AgentCommandFailed(f"The agent's {name} did not succeed: {command_error_message(result)}")
+        answer = result.get("command_result") or {}
+        per_manager = answer.get(f"{kind}_steps")  # IPA's shape: {manager: [step, ...]}
+        if not isinstance(per_manager, dict):
+            raise AgentCommandFailed(f"The agent's {name} answered without '{kind}_steps': {str(answer)[:300]}")
+        by_interface: dict[str, list[dict[str, Any]]] = {}
+        for steps in per_manager.values():
+            for item in steps if isinstance(steps, list) else []:
+                if isinstance(item, dict) and isinstance(item.get("step"), str):
+                    by_interface.setdefault(str(item.get("interface") or "deploy"), []).append(item)
+        return by_interface, answer.get("hardware_manager_version")
+
 
 def _fault(resp: httpx.Response) -> str:
     try:

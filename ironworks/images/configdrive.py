@@ -134,3 +134,17 @@ def encode(image: bytes) -> str:
 def build(configdrive: dict[str, Any], *, node_uuid: str, node_name: str | None = None) -> str:
     """The agent-ready config drive string for a config drive given as JSON."""
     return encode(build_iso(configdrive, node_uuid=node_uuid, node_name=node_name))
+
+
+def for_agent(value: Any, *, node_uuid: str, node_name: str | None) -> str | None:
+    """``instance_info/configdrive`` as the agent takes it: an image string as given, JSON built into one."""
+    if isinstance(value, str) and value.lstrip().startswith("{"):  # base64 and URLs never start with "{"
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ConfigDriveError(f"The configdrive looks like JSON but does not parse: {exc}.") from exc
+    if isinstance(value, dict):
+        return build(value, node_uuid=node_uuid, node_name=node_name)
+    if value is not None and not isinstance(value, str):
+        raise ConfigDriveError(f"instance_info/configdrive must be an object or a string, not {type(value).__name__}.")
+    return value or None

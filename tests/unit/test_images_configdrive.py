@@ -119,3 +119,17 @@ def test_a_drive_larger_than_the_limit_is_refused(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(configdrive, "MAX_CONTENT", 1000)
     with pytest.raises(ConfigDriveError, match="at most 1000 bytes"):
         configdrive.build({"user_data": "x" * 2000}, node_uuid="u")
+
+
+def test_for_agent_builds_json_and_passes_image_strings_through() -> None:
+    assert configdrive.for_agent(None, node_uuid="u", node_name=None) is None
+    assert configdrive.for_agent("H4sIAAAA", node_uuid="u", node_name=None) == "H4sIAAAA"  # an image: as given
+    assert configdrive.for_agent("http://cd/img.gz", node_uuid="u", node_name=None) == "http://cd/img.gz"
+    built = configdrive.for_agent(json.dumps({"meta_data": {"k": "v"}}), node_uuid="u", node_name="n")
+    assert built is not None
+    meta = json.loads(_read_rr(gzip.decompress(base64.b64decode(built)), "/openstack/latest/meta_data.json"))
+    assert meta == {"k": "v", "uuid": "u", "name": "n", "hostname": "n"}
+    with pytest.raises(ConfigDriveError, match="does not parse"):
+        configdrive.for_agent("{not json", node_uuid="u", node_name=None)
+    with pytest.raises(ConfigDriveError, match="not int"):
+        configdrive.for_agent(7, node_uuid="u", node_name=None)
