@@ -22,12 +22,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ironworks.agent import configdrive
 from tests.e2e.images import (
     CONFIGDRIVE_MARKER,
     INSTANCE_MARKER,
+    MODULES,
     PART_SIZE,
     PART_START,
     InstanceImage,
@@ -134,6 +136,27 @@ def test_raw_and_qcow2_hold_the_same_disk_and_their_sha256(instance_image: Insta
     assert same.returncode == 0, same.stdout + same.stderr
 
 
+def test_boot_partition_holds_both_boot_loaders_and_an_initramfs_that_can_print(
+    instance_image: InstanceImage, tmp_path: Path
+) -> None:
+    part = f"{instance_image.raw}@@{PART_START}"
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    listing = subprocess.run(["mdir", "-/", "-a", "-b", "-i", part, "::/"], capture_output=True, text=True, env=env)
+    names = {line.strip().lower() for line in listing.stdout.splitlines()}
+    bios = ("::/syslinux.cfg", "::/ldlinux.sys", "::/ldlinux.c32")
+    for wanted in ("::/vmlinuz", "::/initrd.img", *bios, "::/efi/boot/bootx64.efi"):
+        assert wanted in names, listing.stdout
+    subprocess.run(["mcopy", "-i", part, "::/initrd.img", str(tmp_path / "initrd.img")], check=True, env=env)
+    cpio = subprocess.run(
+        f"zcat {tmp_path / 'initrd.img'} | cpio -itv --quiet", shell=True, capture_output=True, text=True, check=True
+    ).stdout
+    entries = {line.split()[-1]: line for line in cpio.splitlines()}
+    # the kernel opens /dev/console for init's output before anything could mount devtmpfs
+    assert entries["dev/console"].startswith("crw"), cpio
+    assert entries["init"].startswith("-rwx") and entries["bin/busybox"].startswith("-rwx")
+    assert {f"lib/modules/{m}.ko" for m in MODULES} <= set(entries), cpio
+
+
 # ---- booting it on the lab's VMs -----------------------------------------------------------------------
 @pytest.mark.lab
 @pytest.mark.timeout(900)
@@ -207,6 +230,30 @@ def test_a_vm_gets_dhcp_from_ironworks_on_the_bridge_and_reaches_its_api(vms_off
     finally:
         lab.power_off_vm(vm)
         server.stop()
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(600)
+def test_the_uefi_vm_is_uefi_to_its_bmc_and_its_resets_are_counted(vms_off: Lab) -> None:
+    lab = vms_off
+    vm = lab.vms_with("uefi")[0]
+    assert lab.libvirt.xml(vm.name).find("./os/loader") is not None
+    auth = (lab.settings.bmc_username, lab.settings.bmc_password)
+    assert lab.ns is not None and lab.sushy is not None
+    url = lab.sushy.url + lab.sushy.system_path(vm.uuid)
+    with lab.ns.executor() as ex, httpx.Client(auth=auth, timeout=30) as client:
+        boot = ex.submit(client.get, url).result().json()["Boot"]
+        assert boot["BootSourceOverrideMode"] == "UEFI", boot
+    # with no DHCP server OVMF's PXE client waits; a reset restarts the firmware, counted once
+    ipmitool(lab, vm, "chassis", "bootdev", "pxe", "options=persistent")
+    offset = vm.serial.offset()
+    ipmitool(lab, vm, "power", "on")
+    lab.wait_for_serial(vm, r">>Start PXE over IPv4", after=offset, bound=BOOT_BOUND_S)
+    assert vm.serial.firmware_starts(offset) == 1, vm.serial.text(offset)
+    before = vm.firmware_starts()
+    ipmitool(lab, vm, "power", "reset")
+    lab.wait_for_firmware_start(vm, before)
+    assert vm.serial.firmware_starts(offset) == 2, vm.serial.text(offset)
 
 
 @pytest.mark.lab
