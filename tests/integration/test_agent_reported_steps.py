@@ -249,3 +249,45 @@ def test_json_configdrive_is_built_for_the_agent(h: Harness, vendor_agent: Scrip
     meta = _meta_data(sent[1]["configdrive"])
     assert meta["hostname"] == "web-7" and meta["public_keys"] == {"0": "ssh-ed25519 AAAA"} and meta["uuid"] == u
     assert vendor_agent.listings == ["deploy.get_deploy_steps"]
+
+
+def test_vendor_deploy_step_runs_in_priority_order_or_fails_the_deploy(h: Harness) -> None:
+    steps = {k: list(v) for k, v in GENERIC_STEPS.items()}
+    steps["deploy"].append(_step("vendor_tune"))
+    agent = ScriptedAgent(polls=1, steps=steps)
+    try:
+        u = agent_node(h)
+        with h.rt.db.write() as s:
+            s.execute(update(Node).values(provision_state="available"))
+        tune = {"interface": "deploy", "step": "vendor_tune", "priority": 70, "args": {}}
+        h.provision(u, "active", deploy_steps=[tune])
+        boot_as_agent(h, agent, u)
+        n = settle(h, u, {"active", "deploy failed"})
+        assert n["provision_state"] == "active", n["last_error"]
+        assert [c[0] for c in agent.calls] == ["standby.prepare_image", "deploy.execute_deploy_step"]
+        history = h.client.get(f"/v1/nodes/{u}/history").json()["history"]
+        order = [e["data"]["step"] for e in history if e["event_type"] == "step.end"]
+        assert (
+            order.index("deploy.write_image")
+            < order.index("deploy.vendor_tune")
+            < order.index("deploy.tear_down_agent")
+        )
+
+        h.provision(u, "deleted")  # cleaning runs; then deploy again with a step this agent lacks
+        boot_as_agent(h, agent, u)
+        assert settle(h, u, {"available", "clean failed"})["provision_state"] == "available"
+        typo = dict(tune, step="vendor_tun")
+        r = h.client.put(f"/v1/nodes/{u}/states/provision", json={"target": "active", "deploy_steps": [typo]})
+        assert r.status_code == 400 and "deploy.vendor_tune" in fault(r)  # cached now: refused up front
+        image = {"image_source": "http://images/disk.raw", "image_os_hash_algo": "sha256", "image_os_hash_value": "ab"}
+        with h.rt.db.write() as s:  # a node whose agent never listed its deploy steps
+            s.execute(update(Node).values(driver_internal_info={}, instance_info=image))
+        h.provision(u, "active", deploy_steps=[typo])
+        boot_as_agent(h, agent, u)
+        n = settle(h, u, {"active", "deploy failed"})
+        assert n["provision_state"] == "deploy failed"
+        assert "deploy step deploy.vendor_tun is not offered" in n["last_error"], n["last_error"]
+        assert "deploy.vendor_tune" in n["last_error"]
+        assert [c[0] for c in agent.calls].count("standby.prepare_image") == 1  # no image was written
+    finally:
+        agent.stop()
