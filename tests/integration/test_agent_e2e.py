@@ -427,7 +427,7 @@ def iso_file(device: str, path: str) -> bytes:
     return subprocess.run(["isoinfo", "-R", "-x", path, "-i", device], capture_output=True, check=True).stdout
 
 
-JSON_DRIVE = {
+JSON_DRIVE: dict[str, Any] = {
     "meta_data": {"hostname": "e2e-json", "public_keys": {"0": "ssh-ed25519 AAAAC3Nza e2e"}, "availability_zone": "z1"},
     "user_data": "#cloud-config\nruncmd: [touch /run/e2e-ok]\n",
     "network_data": {"links": [{"id": "eth0", "type": "phy", "ethernet_mac_address": MAC}]},

@@ -9,6 +9,7 @@ import io
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pycdlib
 import pytest
@@ -17,7 +18,7 @@ from ironworks.agent.configdrive import decode_configdrive
 from ironworks.images import configdrive
 from ironworks.images.configdrive import ConfigDriveError
 
-DRIVE = {
+DRIVE: dict[str, Any] = {
     "meta_data": {
         "uuid": "11111111-2222-3333-4444-555555555555",
         "hostname": "web-1",
