@@ -358,7 +358,7 @@ class FakeHardware(HardwareType):
     supported = {
         "power": ["fake"],
         "management": ["fake"],
-        "boot": ["fake"],
+        "boot": ["fake", "ipxe", "pxe", "petitboot"],
         "deploy": ["fake", "agent"],
         "inspect": ["fake", "agent", "no-inspect"],
         "firmware": ["fake", "no-firmware"],

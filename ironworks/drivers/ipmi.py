@@ -1,7 +1,8 @@
 """``ipmi``: machines managed over IPMI-over-LAN, through the ``ipmitool`` command.
 
-Power and management talk to the BMC through ``ironworks.bmc.ipmitool``; everything else is
-faked or absent for now. The seams are constructor keywords kept as instance attributes, so tests
+Power and management talk to the BMC through ``ironworks.bmc.ipmitool``; boot is network boot
+(``ipxe`` by default, ``pxe``, ``petitboot``: ``ironworks.drivers.pxe``); the rest is absent for
+now. The seams are constructor keywords kept as instance attributes, so tests
 can also swap them on the shared instances a ``DriverFactory`` hands out: ``runner`` (how ipmitool
 is run), ``retry`` (a ``RetryPolicy``), ``clock`` and ``sleep`` (power polling), ``poll_interval``.
 
@@ -325,8 +326,7 @@ class IpmiHardware(HardwareType):
     supported = {
         "power": ["ipmitool"],
         "management": ["ipmitool"],
-        # network boot (PXE/iPXE) arrives with the boot interfaces of a later issue; fake until then
-        "boot": ["fake"],
+        "boot": ["ipxe", "pxe", "petitboot", "fake"],
         "deploy": ["fake", "agent"],
         "inspect": ["no-inspect", "agent"],
         "bios": ["no-bios", "agent"],

@@ -5,8 +5,9 @@ poll the BMC until it reports the target state (``poll_interval``, ``clock`` and
 injectable). The BIOS and firmware interfaces, whose work happens in steps that never sleep, are in
 ``redfish_steps``.
 
-Boot is ``fake`` for now: network boot (pxe/ipxe) and ``redfish-virtual-media`` come with their
-issues; ``RedfishClient.insert_media``/``eject_media`` are ready for the latter.
+Boot is network boot (``ipxe``, the default; ``pxe``; ``petitboot``; ``ironworks.drivers.pxe``) or
+``fake``; ``redfish-virtual-media`` comes with its issue (``RedfishClient.insert_media``/``eject_media``
+are ready for it).
 """
 
 from __future__ import annotations
@@ -282,13 +283,13 @@ class RedfishInspect(RedfishBase, InspectInterface):
 
 
 class RedfishHardware(HardwareType):
-    """Machines whose BMC speaks Redfish. Boot is ``fake`` until network and virtual-media boot land."""
+    """Machines whose BMC speaks Redfish; they network-boot (ipxe by default) until virtual media lands."""
 
     name = "redfish"
     supported = {
         "power": ["redfish"],
         "management": ["redfish"],
-        "boot": ["fake"],
+        "boot": ["ipxe", "pxe", "petitboot", "fake"],
         "deploy": ["fake", "agent"],
         "inspect": ["redfish", "agent", "no-inspect"],
         "firmware": ["redfish", "no-firmware"],

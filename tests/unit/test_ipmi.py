@@ -385,7 +385,7 @@ def test_registered_and_described() -> None:
     assert registry.hardware_type_class("ipmi") is IpmiHardware
     assert registry.interface_class("power", "ipmitool") is IpmiPower
     assert registry.interface_class("management", "ipmitool") is IpmiManagement
-    assert IpmiHardware.supported["boot"] == ["fake"]
+    assert IpmiHardware.supported["boot"] == ["ipxe", "pxe", "petitboot", "fake"]  # network boot, ipxe default
     assert {"ipmi_address", "ipmi_password", "ipmi_bridging"} <= set(IpmiPower.properties)
     assert "ipmi_address" in IpmiManagement.properties
 
