@@ -194,13 +194,14 @@ class FlowEngine:
             self._set_power(task, target)
             return Done()
         impl = task.driver.interfaces[iface]
-        if not stepslib.is_static(task.driver, STEP_KIND[S(task.node.provision_state)], iface, name):
+        kind = STEP_KIND[S(task.node.provision_state)]
+        if not stepslib.is_static(task.driver, kind, iface, name):
             # a step the agent reports (a vendor hardware manager's): the API let it through for an
             # interface that runs such steps, and replan() checked it against the agent's list
             run_reported = getattr(impl, "run_reported_step", None)
             if run_reported is None:
-                return Failed("unknown_step", f"The {iface} interface has no step {name}.")
-            outcome: Outcome = run_reported(task, STEP_KIND[S(task.node.provision_state)], name, args)
+                return Failed("unknown_step", f"The {iface} interface has no {kind} step {name}.")
+            outcome: Outcome = run_reported(task, kind, name, args)
             return outcome
         result = getattr(impl, name)(task, **args)
         return Done() if result is None else result
@@ -233,7 +234,8 @@ class FlowEngine:
         info = task.node.driver_internal_info
         plan: list[dict[str, Any]] = info.get(f"{kind}_steps") or []
         index = int(info.get(f"{kind}_step_index", 0))
-        if info.pop("maintenance_paused", None) and not task.db_node.maintenance:
+        if info.get("maintenance_paused") and not task.db_node.maintenance:
+            info.pop("maintenance_paused")
             task.event("maintenance", f"{kind.capitalize()} resumed: maintenance was unset", kind=kind)
         while index < len(plan):
             if task.db_node.maintenance:

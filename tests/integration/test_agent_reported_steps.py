@@ -17,6 +17,7 @@ import pycdlib
 import pytest
 from sqlalchemy import update
 
+from ironworks.conductor import engine
 from ironworks.db.models import Node
 from tests.conftest import Harness, make_config
 from tests.integration.test_agent_conductor import (
@@ -164,7 +165,8 @@ def test_service_runs_a_vendor_service_step(h: Harness, vendor_agent: ScriptedAg
     assert executed(vendor_agent) == ["update_vendor_firmware"]
 
 
-def test_maintenance_is_honoured_for_servicing(h: Harness) -> None:
+def test_maintenance_is_honoured_for_servicing(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "MAINTENANCE_RECHECK_S", 0.05)  # the paused flow's re-checks come during the test
     agent = ScriptedAgent(polls=4)
     try:
         u = agent_node(h)
