@@ -89,6 +89,10 @@ class NetbootInterface(BootInterface):
         """The root kernel and ramdisk are linked into."""
         return layout.tftp_root
 
+    def loaders(self, mode: str) -> list[str]:
+        """The boot loader files this interface places for ``mode`` (checked by ``validate``)."""
+        return []
+
     def place_loaders(self, layout: lay.NetbootLayout, mode: str) -> None:
         """Put this interface's boot loaders into the roots."""
 
@@ -110,6 +114,11 @@ class NetbootInterface(BootInterface):
         problem = layout.unroutable_address()
         if problem:
             raise ValidationError(problem)
+        for loader in self.loaders(boot_mode(task, self._config().netboot.default_boot_mode)):
+            try:
+                lay.check_loader(loader)
+            except lay.BootFilesError as exc:
+                raise ValidationError(exc.message) from exc
         with contextlib.suppress(Exception):  # the deploy interface may not be resolvable here
             if getattr(task.interface("deploy"), "name", "agent") == "fake":
                 return
@@ -282,15 +291,16 @@ class PxeBoot(NetbootInterface):
 
     name = "pxe"
 
-    def place_loaders(self, layout: lay.NetbootLayout, mode: str) -> None:
-        """pxelinux.0 + its modules (BIOS) or the GRUB network image + master config (UEFI)."""
+    def loaders(self, mode: str) -> list[str]:
+        """pxelinux.0 + its modules (BIOS) or the GRUB network image (UEFI)."""
         nb = self._config().netboot
-        if mode == "bios":
-            lay.place_loader(nb.pxe_bios_loader, layout.tftp_root)
-            for module in nb.pxe_bios_modules:
-                lay.place_loader(module, layout.tftp_root)
-        else:
-            lay.place_loader(nb.pxe_uefi_loader, layout.tftp_root)
+        return [nb.pxe_bios_loader, *nb.pxe_bios_modules] if mode == "bios" else [nb.pxe_uefi_loader]
+
+    def place_loaders(self, layout: lay.NetbootLayout, mode: str) -> None:
+        """The loaders into the TFTP root, and for GRUB its master config."""
+        for loader in self.loaders(mode):
+            lay.place_loader(loader, layout.tftp_root)
+        if mode == "uefi":
             lay.write_text(layout.tftp_root / "grub" / "grub.cfg", render("grub_master", {}))
 
     def write_configs(
@@ -344,10 +354,14 @@ class IpxeBoot(NetbootInterface):
         """Kernel and ramdisk are fetched over HTTP."""
         return layout.http_root
 
-    def place_loaders(self, layout: lay.NetbootLayout, mode: str) -> None:
-        """undionly.kpxe and snponly.efi on both roots, and the main boot.ipxe."""
+    def loaders(self, mode: str) -> list[str]:
+        """undionly.kpxe and snponly.efi (both: the firmware's mode may differ from the node's record)."""
         nb = self._config().netboot
-        for loader in (nb.ipxe_bios_loader, nb.ipxe_uefi_loader):
+        return [nb.ipxe_bios_loader, nb.ipxe_uefi_loader]
+
+    def place_loaders(self, layout: lay.NetbootLayout, mode: str) -> None:
+        """The iPXE binaries on both roots, and the main boot.ipxe."""
+        for loader in self.loaders(mode):
             for root in (layout.tftp_root, layout.http_root):
                 lay.place_loader(loader, root)
         lay.write_text(layout.http_root / "boot.ipxe", render("ipxe_main", {}, http_url=layout.http_url))

@@ -182,18 +182,24 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def place_loader(source: str, dest_dir: Path, *, name: str | None = None) -> Path:
-    """Copy boot loader ``source`` into ``dest_dir`` unless an identical copy is there; the copy's path."""
+def check_loader(source: str) -> os.stat_result:
+    """The loader file's stat; ``BootFilesError`` naming the Debian package when it is missing."""
     src = Path(source)
-    dest = dest_dir / (name or src.name)
     try:
-        st = src.stat()
+        return src.stat()
     except OSError:
         package = LOADER_PACKAGES.get(src.name)
         hint = f"install the Debian package {package} (apt-get install {package})" if package else "install it"
         raise BootFilesError(
             f"The boot loader {src} does not exist: {hint}, or point the [netboot] setting for it at the file."
         ) from None
+
+
+def place_loader(source: str, dest_dir: Path, *, name: str | None = None) -> Path:
+    """Copy boot loader ``source`` into ``dest_dir`` unless an identical copy is there; the copy's path."""
+    src = Path(source)
+    dest = dest_dir / (name or src.name)
+    st = check_loader(source)
     key = (str(src), str(dest), st.st_size, st.st_mtime_ns)
     with _placed_lock:
         if key in _placed and dest.is_file():

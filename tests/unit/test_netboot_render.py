@@ -6,12 +6,15 @@ the one faked boundary is the DHCP provider (a recorder), so each test can see w
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from ironworks.config import Config, load_config
@@ -383,3 +386,62 @@ def test_image_cache_fetches_once_and_refetches_a_changed_local_file(tmp_path: P
     assert cache.fetch(str(src)).read_bytes() == b"two!"
     with pytest.raises(InvalidInput, match="ftp://"):
         cache.fetch("ftp://example.invalid/k")
+
+
+def test_validate_checks_the_loader_files(config: Config, images: dict[str, Path]) -> None:
+    config.netboot.ipxe_uefi_loader = "/nonexistent/snponly.efi"
+    boot, _ = make(IpxeBoot, config)
+    with pytest.raises(
+        ValidationError, match=r"/nonexistent/snponly.efi does not exist: install the Debian package ipxe"
+    ):
+        boot.validate(make_task(images))
+
+
+def test_images_on_another_file_system_are_copied_with_a_warning(
+    config: Config, images: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_cross_device_links(src: Any, dst: Any) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_cross_device_links)
+    boot, _ = make(PxeBoot, config)
+    task = make_task(images)
+    boot.prepare_ramdisk(task, params=PARAMS)
+    assert (roots(config)[0] / UUID / "deploy_kernel").read_bytes() == images["kernel"].read_bytes()
+    warnings = [m for s, m in task.events if s == "WARNING"]
+    assert len(warnings) == 2 and "different file systems" in warnings[0]
+
+
+def test_concurrent_fetches_share_one_download(tmp_path: Path) -> None:
+    calls: list[str] = []
+    gate = threading.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(str(request.url))
+        gate.wait(5)
+        return httpx.Response(200, content=b"ramdisk-bytes")
+
+    cache = ImageCache(tmp_path / "images", transport=httpx.MockTransport(handler))
+    url = "http://files.example/agent.initramfs"
+    results: list[bytes] = []
+
+    def fetch() -> None:
+        results.append(cache.fetch(url, expected="sha256:" + hashlib.sha256(b"ramdisk-bytes").hexdigest()).read_bytes())
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join()
+    assert results == [b"ramdisk-bytes"] * 4 and calls == [url]
+    assert [p.name for p in cache.master_dir.iterdir() if p.name.endswith(".part")] == []
+
+
+def test_a_failed_download_names_the_url_without_its_credentials(tmp_path: Path) -> None:
+    cache = ImageCache(tmp_path / "images", transport=httpx.MockTransport(lambda r: httpx.Response(404)))
+    with pytest.raises(ImageError) as exc:
+        cache.fetch("http://user:pa55@files.example/k?sig=abc")
+    assert "HTTP 404" in exc.value.message and "http://files.example/k" in exc.value.message
+    assert "pa55" not in exc.value.message and "sig=abc" not in exc.value.message
+    assert list(cache.master_dir.glob("*.part")) == [] and not cache.master_path("http://x").exists()
