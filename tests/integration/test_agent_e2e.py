@@ -612,6 +612,30 @@ def test_vendor_step_through_the_api_with_the_real_agent(lab: Lab, vendor_manage
     assert lab.node(uuid)["provision_state"] == "manageable"
 
 
+def test_firmware_service_step_on_a_deployed_node(lab: Lab, files: Files) -> None:
+    """Seed 000 on a node that has an instance: servicing runs update_firmware in the ramdisk and
+    returns to the instance; maintenance is honoured (servicing is refused until it is unset)."""
+    data = os.urandom(4 * MIB)
+    uuid = available_node(lab, **image_info(files.put("disk.raw", data), data))
+    lab.provision(uuid, "active")
+    assert lab.run_with_agent(uuid, {"active", "deploy failed"})["provision_state"] == "active", lab.explain(uuid)
+    ok = firmware_tarball(RUNME_OK)
+    step = {"interface": "deploy", "step": "update_firmware", "args": {"url": files.put("fw.tgz", ok)}}
+
+    assert lab.api.put(f"/v1/nodes/{uuid}/maintenance", json={"reason": "waiting for the window"}).status_code == 202
+    r = lab.api.put(f"/v1/nodes/{uuid}/states/provision", json={"target": "service", "service_steps": [step]})
+    assert r.status_code == 400 and "maintenance" in r.text, r.text
+    assert lab.api.delete(f"/v1/nodes/{uuid}/maintenance").status_code == 202
+
+    lab.provision(uuid, "service", service_steps=[step])
+    n = lab.run_with_agent(uuid, {"active", "service failed"})
+    assert n["provision_state"] == "active", lab.explain(uuid)
+    assert n["power_state"] == "power on"  # back into the instance
+    results = [e for e in lab.history(uuid) if e["event_type"] == "agent.result"]
+    assert results and "MARKER: fw-e2e-" in results[-1]["event"], results[-1:]
+    assert read_dev(lab.device, len(data)) == data  # the instance's disk is untouched
+
+
 # ---- 6: rescue ------------------------------------------------------------------------------------------
 
 
