@@ -96,8 +96,8 @@ def make_loop(tmp_path: Path) -> Iterator[Callable[[Path], str]]:
     try:
         yield attach
     finally:
-        for dev in made:
-            subprocess.run(["losetup", "-d", dev], check=False)
+        for dev in made:  # a test may have detached it already
+            subprocess.run(["losetup", "-d", dev], check=False, capture_output=True)
 
 
 # ---- the image itself (no VM) ------------------------------------------------------------------------
