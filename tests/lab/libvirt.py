@@ -29,6 +29,8 @@ from tests.lab.serial import SerialLog
 #: what a ``virsh`` call may take; they answer in milliseconds once libvirtd is up
 VIRSH_BOUND_S = 60.0
 GIB = 1 << 30
+#: what a deploy adds after the image: the agent's config-2 partition (at least 64 MiB) at the disk's end
+CONFIG_DRIVE_ROOM = 64 << 20
 #: printed by SeaBIOS each time the machine starts: power-on, reset and reboot alike
 FIRMWARE_BANNER = b"SeaBIOS (version"
 #: the ovmf package's 4 MiB images (the 2 MiB ones lack room for a variable store of this size)
@@ -244,15 +246,16 @@ class Libvirt:
 
         ``qemu-img convert`` writes the volume file while the domain is off (a running qemu holds it);
         the virtual size then grows to ``disk_gib`` so the disk has room after the image, where the
-        agent puts a config drive. Raises LibvirtError when the domain runs or the image does not fit.
+        agent puts a config drive. Raises LibvirtError when the domain runs or the image and 64 MiB for
+        a config drive do not fit.
         """
         if self.state(vm.name) != "shut off":
             raise LibvirtError(f"{vm.name} is {self.state(vm.name)}: its disk can only be replaced while it is off")
         info = json.loads(_tool(["qemu-img", "info", "--output=json", "-f", image_format, str(image)]))
-        if int(info["virtual-size"]) > disk_gib * GIB:
+        if int(info["virtual-size"]) + CONFIG_DRIVE_ROOM > disk_gib * GIB:
             raise LibvirtError(
                 f"{image} ({int(info['virtual-size']) / GIB:.2f} GiB) does not fit on the {disk_gib} GiB disk of "
-                f"{vm.name}: raise LabSettings.disk_gib"
+                f"{vm.name} with room for a config drive after it: raise LabSettings.disk_gib"
             )
         target = self.volume_path(vm, pool)
         staging = target.with_name(f".{target.name}.new")
