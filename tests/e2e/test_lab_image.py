@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -200,12 +201,21 @@ def test_image_reports_the_config_drive_the_agent_wrote(
 
 @pytest.mark.lab
 @pytest.mark.timeout(600)
-def test_a_vm_gets_dhcp_from_ironworks_on_the_bridge_and_reaches_its_api(vms_off: Lab) -> None:
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_a_vm_gets_dhcp_from_ironworks_on_the_bridge_and_reaches_its_api(firmware: str, vms_off: Lab) -> None:
     lab = vms_off
+    vm = lab.vms_with(firmware)[0]
     # unknown MACs get the default (discovery) boot: no node is needed for the VM to be answered
-    env = {**lab.network.dhcp_env(), "IRONWORKS_DHCP_UNKNOWN_MACS": "discovery"}
+    tftp_root = lab.workdir / f"tftpboot-{firmware}"
+    tftp_root.mkdir()
+    # the UEFI VM has no iPXE ROM: OVMF's PXE fetches snponly.efi over TFTP, which then runs iPXE
+    shutil.copy("/usr/lib/ipxe/snponly.efi", tftp_root)
+    env = {
+        **lab.network.dhcp_env(),
+        "IRONWORKS_DHCP_UNKNOWN_MACS": "discovery",
+        "IRONWORKS_NETBOOT_TFTP_ROOT": str(tftp_root),
+    }
     server = lab.start_ironworks(env, on_bridge=True)
-    vm = lab.vms_with("bios")[0]
     try:
         # the API at the bridge address, from inside the namespace (where the VMs are), with links to it
         root = server.api.get(f"{server.public_url}/v1")
@@ -224,6 +234,9 @@ def test_a_vm_gets_dhcp_from_ironworks_on_the_bridge_and_reaches_its_api(vms_off
         log = (server.state_dir / "logs" / "dnsmasq.log").read_text()
         ack = rf"DHCPACK\({lab.network.bridge}\) {re.escape(lease.match.group(1))} {vm.mac}"
         assert re.search(ack, log), log[-3000:]
+        if firmware == "uefi":
+            sent = rf"sent {re.escape(str(tftp_root))}/snponly\.efi to {re.escape(lease.match.group(1))}"
+            assert re.search(sent, log), log[-3000:]
         # the bridge's router advertisements reached iPXE: it configured an address in the lab's IPv6 prefix
         v6 = re.escape(lab.network.ipv6_address.rsplit("::", 1)[0])
         lab.wait_for_serial(vm, rf"net0: {v6}:[0-9a-f:]+/64", after=offset, bound=10)
