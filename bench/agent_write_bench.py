@@ -7,8 +7,11 @@ A random raw image of ``--size-mib`` is served over HTTP on 127.0.0.1 and writte
                   peak RSS (VmHWM) is reported;
 * ``curl|dd``     ``curl -s URL | dd of=DEV bs=4M iflag=fullblock oflag=direct conv=fsync``: the
                   baseline, a plain streaming copy that hashes nothing (so it is the harder one to beat);
-* ``agent qcow2`` the same data as qcow2: download + hash to a temp file, then ``qemu-img convert``;
-* ``qemu-img``    ``qemu-img convert -t none -W -n`` of that qcow2 from a local file alone.
+* ``agent qcow2`` ``write_image`` on the same data as qcow2 (made by ``qemu-img convert -O qcow2``),
+                  in a child process too: streamed like raw (download -> hash thread -> decode +
+                  ``O_DIRECT`` write thread), only the data clusters written, the rest zeroed;
+* ``qemu-img``    ``qemu-img convert -t none -W -n`` of that qcow2 from a local file alone: no
+                  download, no hash (the write stage alone, with several writes in flight).
 
     .venv/bin/python bench/agent_write_bench.py [--size-mib 2048] [--runs 3] [--only raw|qcow2] [--json out.json]
 

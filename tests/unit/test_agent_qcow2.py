@@ -143,7 +143,7 @@ def test_l1_table_moved_to_the_end_by_a_resize(tmp_path: Path) -> None:
     for chunk in CHUNKS:
         target, virtual, decoder = decode(img.read_bytes(), chunk=chunk, device=65 * MIB, tmp_dir=tmp_path)
         assert bytes(target.buf[:virtual]) == ref
-        assert decoder.spilled.starts and decoder.spill is None  # spilled, and the temporary file is gone
+        assert decoder.spill.starts and decoder.spill.file is None  # spilled, and the temporary file is gone
     assert not list(tmp_path.iterdir()) or all(p.name.startswith("r.qcow2") for p in tmp_path.iterdir())
 
 
@@ -285,7 +285,7 @@ def test_hand_built_layouts(order: str, cluster_bits: int, tmp_path: Path) -> No
     assert "No errors" in run("qemu-img", "check", img)
     decoder = assert_same(img, tmp_path)
     if order == "data-first":
-        assert decoder.spilled.starts  # everything passed before its tables and came back from the spill file
+        assert decoder.spill.starts  # everything passed before its tables and came back from the spill file
 
 
 def test_compressed_clusters_sharing_a_sector_across_a_late_l2_table(tmp_path: Path) -> None:
@@ -434,7 +434,7 @@ def test_a_damaged_compressed_cluster_fails_cleanly() -> None:
 
 
 def test_too_many_clusters_ahead_of_their_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(qcow2, "MAX_PENDING", 3)
+    monkeypatch.setattr("ironworks.agent.qcow2.decoder.MAX_PENDING", 3)
     data = {k: bytes([k]) * 512 for k in range(0, 40, 2)}  # not contiguous: one run each
     with pytest.raises(ImageError, match="too fragmented"):
         decode(build(data, cluster_bits=9, order="meta-first"))
