@@ -26,10 +26,9 @@ dnsmasq log) is reported as such and its time goes to the next phase.
 Status: the parts that turn recordings into phases are done and unit-tested on recorded samples
 (``tests/unit/test_e2e_phases.py``): ``serial_milestones``, ``dnsmasq_events``, ``history_milestones``,
 ``deploy_timeline``, ``summarize``, ``render``; ``--recorded DIR`` runs them on files saved from a run.
-TODO (next engineer, once the deploy e2e tests exist): ``run_deploys`` -- the loop that, per run, sets
-up the node on the lab, records the serial console and the dnsmasq log with
-``tests.lab.serial.SerialRecorder`` while it deploys, fetches ``/v1/nodes/{id}/history`` and saves the
-three recordings (``save_recording``) for ``load_recording``.
+``recording()`` records one deploy (serial console and dnsmasq's log with ``tests.lab.serial.SerialRecorder``,
+then the node history) into a directory. TODO (next engineer, once the deploy e2e tests exist):
+``run_deploys`` -- the loop that, per run, sets up the node on the lab and deploys inside ``recording()``.
 
     .venv/bin/python bench/e2e_deploy_bench.py --recorded DIR [DIR ...] [--json out.json]
     .venv/bin/python bench/e2e_deploy_bench.py --runs 3 [--firmware bios|uefi] [--boot-interface ipxe|pxe]
@@ -46,11 +45,18 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.lab.serial import SerialLog, SerialRecorder  # noqa: E402
 
 MILESTONES = (
     "deploy_requested",
@@ -306,14 +312,36 @@ def load_recording(directory: Path) -> DeployTimeline:
     return deploy_timeline(history=data["history"], serial=timed("serial"), dnsmasq=timed("dnsmasq"), mac=data["mac"])
 
 
+@contextmanager
+def recording(
+    directory: Path,
+    *,
+    serial: SerialLog,
+    dnsmasq_log: Path,
+    mac: str,
+    history: Callable[[], Sequence[Mapping[str, Any]]],
+) -> Iterator[None]:
+    """Record one deploy around the ``with`` body and save it to ``directory`` (``save_recording``).
+
+    The VM's serial console and dnsmasq's log are followed from their current end, every line stamped
+    as it appears; afterwards ``history()`` (``GET /v1/nodes/{id}/history``) gives the node's timeline.
+    Nothing is saved when the body raises: a failed deploy is not a measurement.
+    """
+    log = SerialLog(dnsmasq_log)
+    with SerialRecorder(serial, after=serial.offset()) as on_serial, SerialRecorder(log, after=log.offset()) as on_log:
+        yield
+    save_recording(directory, history=history(), serial=on_serial.lines, dnsmasq=on_log.lines, mac=mac)
+
+
 def run_deploys(runs: int, *, firmware: str, boot_interface: str, out: Path) -> list[Path]:
     """TODO (next engineer): deploy ``runs`` times on the lab and save each run's recordings under ``out``.
 
     Per run: ``Lab`` (tests/lab) with Ironworks ``start_ironworks(lab.dhcp_env() | netboot env,
     on_bridge=True)``; a node for a VM of ``firmware`` with its port ``vm.mac``, the ramdisk from
     ``ironworks ramdisk build`` in driver_info, ``instance_info`` = the test image (``lab.www``) and its
-    sha256; ``lab.blank_disk(vm)``; ``SerialRecorder(vm.serial, after=vm.serial.offset())`` and one on
-    the dnsmasq log around ``provide`` -> ``active``; then ``save_recording(out / f"run-{i}", ...)``.
+    sha256; ``lab.blank_disk(vm)``; then ``provide`` and, inside ``with recording(out / f"run-{i}",
+    serial=vm.serial, dnsmasq_log=server.state_dir / "logs" / "dnsmasq.log", mac=vm.mac, history=...)``,
+    ``active`` until the deployed image's marker shows on the console; ``undeploy`` before the next run.
     """
     raise NotImplementedError(
         "the deploy loop is not written yet (it needs the e2e deploy tests of issue 5); "

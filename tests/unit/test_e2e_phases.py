@@ -26,6 +26,7 @@ from bench.e2e_deploy_bench import (
     history_milestones,
     load_recording,
     parse_iso,
+    recording,
     render,
     save_recording,
     serial_milestones,
@@ -312,3 +313,30 @@ def test_serial_recorder_stamps_every_line_written_after_its_offset(tmp_path: Pa
     assert [line for _, line in recorder.lines] == ["one", "two", "partial"]
     stamps = [t for t, _ in recorder.lines]
     assert stamps == sorted(stamps)
+
+
+def test_recording_saves_what_appeared_during_the_deploy_and_the_history(tmp_path: Path) -> None:
+    console, dnsmasq = tmp_path / "vm-serial.log", tmp_path / "dnsmasq.log"
+    console.write_text("an earlier boot\n")
+    dnsmasq.write_text("dnsmasq-dhcp: 1 DHCPACK(iwbr0) 192.168.119.170 52:54:00:be:49:01 \n")
+    with recording(tmp_path / "run-1", serial=SerialLog(console), dnsmasq_log=dnsmasq, mac=MAC, history=deploy_history):
+        with console.open("a") as f:
+            f.write(SERIAL[0][1] + "\r\n")
+        with dnsmasq.open("a") as f:
+            f.write(DNSMASQ_RECORDED[-2][1] + "\n")
+    saved = tmp_path / "run-1"
+    assert [json.loads(line)[1] for line in (saved / "serial.jsonl").read_text().splitlines()] == [SERIAL[0][1]]
+    assert [json.loads(line)[1] for line in (saved / "dnsmasq.jsonl").read_text().splitlines()] == [
+        DNSMASQ_RECORDED[-2][1]
+    ]
+    assert json.loads((saved / "history.json").read_text()) == {"mac": MAC, "history": deploy_history()}
+
+
+def test_nothing_is_saved_when_the_deploy_fails(tmp_path: Path) -> None:
+    console = tmp_path / "vm-serial.log"
+    console.write_text("")
+    record = recording(tmp_path / "run-1", serial=SerialLog(console), dnsmasq_log=tmp_path / "none", mac=MAC,
+                       history=deploy_history)  # fmt: skip
+    with pytest.raises(RuntimeError, match="deploy failed"), record:
+        raise RuntimeError("deploy failed")
+    assert not (tmp_path / "run-1").exists()
