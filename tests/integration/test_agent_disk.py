@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from ironworks.agent import burnin, configdrive, devices, erase, image
+from ironworks.agent import burnin, configdrive, devices, erase, image, writer
 from ironworks.agent.errors import AgentError, ChecksumMismatch, DeviceNotAllowed, ImageError
 
 MIB = 1 << 20
@@ -298,6 +298,27 @@ def test_damaged_qcow2_download_is_a_checksum_mismatch(
     with pytest.raises(ChecksumMismatch):
         image.write_image(_qcow2_info(url, "d.qcow2", qcow), dev, progress=lambda d, t: None, allowlist=[dev])
     assert _read(dev, MIB) == bytes(MIB)
+
+
+@pytest.mark.parametrize("punch", [True, False], ids=["punched-holes", "zeros-written"])
+def test_qcow2_streamed_onto_a_regular_file(
+    punch: bool, http_root: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, root, _ = http_root
+    if not punch:  # a file system without hole punching: the zeros are written instead
+        monkeypatch.setattr(writer, "_punch_hole", lambda fd, offset, length: False)
+    target = tmp_path / "target.img"
+    target.write_bytes(b"\xff" * 40 * MIB)
+    data = bytes(5 * MIB) + _random(3 * MIB) + bytes(20 * MIB) + _random(MIB + 512)
+    qcow = _qcow2(tmp_path, root, data)
+    result = image.write_image(_qcow2_info(url, "d.qcow2", qcow), str(target), progress=lambda d, t: None,
+                               allowlist=[str(target)])  # fmt: skip
+    assert result["method"] == "stream"
+    content = target.read_bytes()
+    assert len(content) == 40 * MIB  # the file keeps its size
+    assert content[: len(data)] == data and content[len(data) :] == b"\xff" * (40 * MIB - len(data))
+    allocated = os.stat(target).st_blocks * 512
+    assert (allocated < 30 * MIB) if punch else (allocated >= 40 * MIB)
 
 
 def test_streamed_qcow2_then_a_configdrive(make_loop: Callable[[int], str], http_root: Any, tmp_path: Path) -> None:
