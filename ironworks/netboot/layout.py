@@ -161,7 +161,11 @@ def remove_node(layout: NetbootLayout, uuid: str) -> list[Path]:
         if not link_dir.is_dir():
             continue
         for entry in link_dir.iterdir():
-            if entry.is_symlink() and uuid in Path(os.readlink(entry)).parts:
+            try:
+                target = os.readlink(entry)
+            except OSError:  # not a link, or renamed away by another node's writer meanwhile
+                continue
+            if uuid in Path(target).parts:
                 entry.unlink(missing_ok=True)
                 removed.append(entry)
     for root in (layout.tftp_root, layout.http_root):
