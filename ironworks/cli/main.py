@@ -11,9 +11,12 @@ from typing import Annotated, Any
 
 import typer
 
+from ironworks.cli.ramdisk import ramdisk_app
+
 app = typer.Typer(no_args_is_help=True, help="Ironworks: bare-metal provisioning and fleet maintenance.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema and keys.")
 app.add_typer(db_app, name="db")
+app.add_typer(ramdisk_app, name="ramdisk")
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML configuration file.", envvar="IRONWORKS_CONFIG")
