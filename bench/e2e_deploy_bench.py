@@ -10,7 +10,9 @@ deploy_requested    node history: provision ``available -> deploying``
 power_on            serial console: the VM's firmware starts (fallback: history "Booting the agent ramdisk")
 dhcp                dnsmasq log: ``DHCPACK`` to the node's MAC
 ramdisk_loaded      serial console: the kernel banner ``Linux version ...``
-agent_started       serial console: the agent's first log line (``ironworks.agent``)
+ramdisk_network     serial console: the ramdisk's /init has a DHCP lease (``ironworks-init: network up``)
+agent_started       serial console: /init starts the agent (``ironworks-init: starting the agent``), or
+                    the agent's first log line (``ironworks.agent``)
 first_heartbeat     node history: the first ``agent`` entry ("Agent ... up at ...")
 image_written       node history: ``step.end`` of ``deploy.write_image``
 rebooted            serial console: the firmware starts again
@@ -63,6 +65,7 @@ MILESTONES = (
     "power_on",
     "dhcp",
     "ramdisk_loaded",
+    "ramdisk_network",
     "agent_started",
     "first_heartbeat",
     "image_written",
@@ -75,8 +78,9 @@ TimedLine = tuple[float, str]
 
 FIRMWARE_START = re.compile(r"SeaBIOS \(version|\x1b\[=3h")
 KERNEL_BANNER = re.compile(r"Linux version \S+")
-#: the agent logs as ``ironworks.agent`` (H4's /init may also say it starts "ironworks agent")
-AGENT_LINE = re.compile(r"ironworks[. ]agent", re.IGNORECASE)
+#: what the ramdisk's /init (ironworks/ramdisk/files/init.sh) and the agent's logging print
+RAMDISK_NETWORK_LINE = re.compile(r"ironworks-init: network up")
+AGENT_LINE = re.compile(r"ironworks-init: starting the agent|ironworks\.agent")
 INSTANCE_LINE = re.compile(r"IRONWORKS-E2E-INSTANCE image=(\S+)")
 #: ``Dec  1 07:40:13 dnsmasq-dhcp[4242]: 1672513 DHCPACK(iwbr0) 192.168.150.150 52:54:00:aa:bb:01 host``
 #: (the transaction id is there with --log-dhcp; the syslog stamp with --log-facility=FILE)
@@ -151,7 +155,7 @@ def dnsmasq_events(lines: Iterable[TimedLine]) -> list[DnsmasqEvent]:
 
 
 def serial_milestones(lines: Sequence[TimedLine], *, after: float) -> list[Milestone]:
-    """power_on, ramdisk_loaded, agent_started, rebooted, instance_booted from a timed serial log.
+    """power_on, ramdisk_loaded, ramdisk_network, agent_started, rebooted, instance_booted from a serial log.
 
     Each counts once and in order: the first firmware start is the power-on, the first kernel banner
     before the reboot is the ramdisk's, a firmware start after it is the reboot, and the instance
@@ -173,6 +177,9 @@ def serial_milestones(lines: Sequence[TimedLine], *, after: float) -> list[Miles
         elif KERNEL_BANNER.search(line):
             if "rebooted" not in seen:
                 mark("ramdisk_loaded", at, line)
+        elif RAMDISK_NETWORK_LINE.search(line):
+            if "ramdisk_loaded" in seen and "rebooted" not in seen:
+                mark("ramdisk_network", at, line)
         elif AGENT_LINE.search(line):
             if "ramdisk_loaded" in seen and "rebooted" not in seen:
                 mark("agent_started", at, line)

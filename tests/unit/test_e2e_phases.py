@@ -49,7 +49,10 @@ SERIAL = [
     (6.72, "http://192.168.119.1:18080/initrd.img... ok"),
     (20.81, "Probing EDD (edd=off to disable)... o\x1bc\x1b[?7l\x1b[2J[    0.000000] Linux version 6.1.0-57-amd64 (de"),
     (20.86, "[    0.000000] Booting paravirtualized kernel on bare hardware"),
-    # spliced in: the agent's first log line (its logging format, ironworks/agent/main.py)
+    # spliced in: what the agent ramdisk's /init and the agent print (ironworks/ramdisk/files/init.sh,
+    # ironworks/agent/main.py's logging format)
+    (25.40, "ironworks-init: network up after 2s: eth0 192.168.119.175/24 "),
+    (25.45, "ironworks-init: starting the agent (run 1)"),
     (27.90, "2026-12-01 07:39:40,900 INFO ironworks.agent: node 5f0c: agent API on 0.0.0.0:9999"),
     (31.50, "[   10.103080] reboot: Restarting system"),
     (32.12, "\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS (version 1.16.2-debian-1.16.2-1)"),
@@ -181,7 +184,8 @@ def test_serial_milestones_follow_the_boot_order() -> None:
     assert {k: v[0] for k, v in found.items()} == {
         "power_on": 0.0,
         "ramdisk_loaded": 20.81,  # the ramdisk's kernel banner, not the deployed image's at 52.22
-        "agent_started": 27.9,
+        "ramdisk_network": 25.4,
+        "agent_started": 25.45,  # /init starting it, before the agent's own first log line
         "rebooted": 32.12,
         "instance_booted": 62.24,
     }
@@ -192,9 +196,15 @@ def test_serial_milestones_follow_the_boot_order() -> None:
 
 def test_serial_lines_before_the_request_and_a_missing_agent_line_are_handled() -> None:
     earlier = [(-90.0, SERIAL[0][1]), (-80.0, SERIAL[8][1])]  # an earlier boot of the same VM
-    lines = timed(earlier + [line for line in SERIAL if "ironworks.agent" not in line[1]])
+    lines = timed(earlier + [line for line in SERIAL if "agent" not in line[1]])
     found = {m.name: round(m.at - BASE, 2) for m in serial_milestones(lines, after=BASE - 1)}
-    assert found == {"power_on": 0.0, "ramdisk_loaded": 20.81, "rebooted": 32.12, "instance_booted": 62.24}
+    assert found == {
+        "power_on": 0.0,
+        "ramdisk_loaded": 20.81,
+        "ramdisk_network": 25.4,
+        "rebooted": 32.12,
+        "instance_booted": 62.24,
+    }
 
 
 def test_uefi_firmware_start_is_one_burst_of_console_resets() -> None:
@@ -243,7 +253,7 @@ def test_deploy_timeline_merges_the_sources_and_its_phases_add_up() -> None:
     phases = timeline.phases()
     assert list(phases) == list(MILESTONES[1:])
     assert round(phases["dhcp"], 2) == 5.96
-    assert round(phases["first_heartbeat"], 2) == 1.5  # agent_started 27.9 -> heartbeat 29.4
+    assert round(phases["first_heartbeat"], 2) == 3.95  # agent_started 25.45 -> heartbeat 29.4
     assert round(phases["instance_booted"], 2) == round(62.24 - 32.4, 2)
     assert round(sum(phases.values()), 6) == round(timeline.total, 6) == round(62.24 + 1.2, 6)
 
