@@ -148,7 +148,7 @@ class Decoder:
         assert hdr is not None and self.l1 is not None
         cs, span = hdr.cluster_size, hdr.l2_span
         tables: list[tuple[int, int]] = []
-        for i, entry in enumerate(struct.unpack(f">{hdr.l1_entries}Q", self.l1)):
+        for i, (entry,) in enumerate(struct.iter_unpack(">Q", self.l1)):
             off = entry & OFFSET_MASK
             if not off:
                 self._zero(i * span, min(span, hdr.size - i * span))

@@ -10,6 +10,8 @@ from ironworks.agent.errors import ImageError
 MAGIC = b"QFI\xfb"
 SECTOR = 512
 MAX_L1_BYTES = 32 << 20  # QEMU's QCOW_MAX_L1_SIZE
+# more L2 tables than this: qemu-img (512 B clusters above 8 GiB, 4 KiB clusters above 512 GiB)
+MAX_STREAM_L1 = 1 << 18
 OFFSET_MASK = 0x00FFFFFFFFFFFE00
 _DIRTY, _CORRUPT, _DATA_FILE, _COMPRESSION, _EXTENDED_L2 = 1, 2, 4, 8, 16
 _EXT_CRYPTO, _EXT_DATA_FILE = 0x0537BE77, 0x44415441
@@ -103,6 +105,8 @@ def parse_header(head: bytes, *, device_size: int) -> Header:
         raise corrupt(f"its L1 table has {l1_size} entries, more than QEMU's limit of {MAX_L1_BYTES // 8}")
     if needed and (l1_offset % cs or l1_offset < cs):
         raise corrupt(f"its L1 table offset {l1_offset:#x} is not a cluster after the header")
+    if needed > MAX_STREAM_L1:  # keeps the table bookkeeping in tens of MB, even for a hostile image
+        raise Unsupported(f"{needed} L2 tables (small clusters for the size)")
     return Header(version, bits, size, l1_offset, needed)
 
 
