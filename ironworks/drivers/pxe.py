@@ -6,8 +6,9 @@ firmware gets iPXE (``undionly.kpxe`` / ``snponly.efi``) over TFTP, and iPXE (al
 iPXE ROM) gets the node's script over HTTP, which loads kernel and ramdisk over HTTP.
 
 ``prepare_ramdisk`` writes everything a boot needs (loaders, configs, per-MAC links, kernel and
-ramdisk hard-linked from the image cache), then the DHCP options; when any part fails, what was
-written is removed and the node's MACs are no longer answered, so nothing is left half-configured.
+ramdisk hard-linked from the image cache), then the DHCP options, then sets the next boot (once) to
+the network through the management interface; when any part fails, what was written is removed and
+the node's MACs are no longer answered, so nothing is left half-configured.
 ``prepare_instance`` replaces the ramdisk config by a local-boot one (a machine that PXE-boots
 anyway boots its disk); ``clean_up_*`` remove every file and link of the node and set its MACs to
 ``ignore`` in DHCP. Where each file goes is described in ``ironworks.netboot.layout``.
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ironworks.config import Config
-from ironworks.drivers.base import BootInterface, Task, ValidationError
+from ironworks.drivers.base import BootDevice, BootInterface, ManagementInterface, Task, ValidationError
 from ironworks.errors import ConfigError, IronworksError
 from ironworks.images.cache import ImageCache, local_path
 from ironworks.netboot import layout as lay
@@ -158,6 +159,10 @@ class NetbootInterface(BootInterface):
             self._provider().update_dhcp_opts(
                 node.uuid, macs, self.dhcp_options(task, layout, boot="deploy", mode=mode)
             )
+            # the deploy left the boot device on disk (persistent); this one boot goes to the network
+            mgmt = task.interface("management")
+            if isinstance(mgmt, ManagementInterface):
+                mgmt.set_boot_device(task, BootDevice.PXE, persistent=False)
         except BaseException as exc:
             self._remove_all(task, layout)
             if isinstance(exc, OSError):

@@ -177,6 +177,8 @@ def test_ipxe_deploy_prepares_serves_and_undeploy_removes(
     api.provision(uuid, "active")
     waiting = api.wait(uuid, {"wait call-back", "deploy failed"})
     assert waiting["provision_state"] == "wait call-back", waiting["last_error"]
+    # the next boot goes to the network, once (the BMC here is the fake management interface)
+    assert waiting["driver_internal_info"]["fake_boot_device"] == {"boot_device": "pxe", "persistent": False}
 
     http_root = state / "httpboot"
     script = (http_root / uuid / "boot.ipxe").read_text()

@@ -18,10 +18,10 @@ import httpx
 import pytest
 
 from ironworks.config import Config, load_config
-from ironworks.drivers.base import BootInterface, NodeView, PortView, ValidationError
+from ironworks.drivers.base import BootInterface, ManagementInterface, NodeView, PortView, ValidationError
 from ironworks.drivers.petitboot import PetitbootBoot
 from ironworks.drivers.pxe import IpxeBoot, PxeBoot
-from ironworks.errors import ConfigError, InvalidInput
+from ironworks.errors import BmcUnreachable, ConfigError, InvalidInput
 from ironworks.images.cache import ImageCache, ImageChecksumMismatch, ImageError
 from ironworks.netboot.dhcp import DhcpOption, DhcpProvider
 from ironworks.netboot.layout import BootFilesError
@@ -54,6 +54,31 @@ class RecordingDhcp(DhcpProvider):
             self.ignored.add(mac)
 
 
+class RecordingManagement(ManagementInterface):
+    """Records boot device changes; ``fail`` makes them raise as an unreachable BMC would."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.devices: list[tuple[str, bool]] = []
+        self.fail = False
+
+    def validate(self, task: Any) -> None:
+        pass
+
+    def get_supported_boot_devices(self, task: Any) -> list[str]:
+        return ["pxe", "disk"]
+
+    def set_boot_device(self, task: Any, device: str, *, persistent: bool = False) -> None:
+        if self.fail:
+            raise BmcUnreachable("The BMC did not answer.")
+        self.devices.append((device, persistent))
+
+    def get_boot_device(self, task: Any) -> dict[str, Any]:
+        return {"boot_device": self.devices[-1][0] if self.devices else None, "persistent": False}
+
+
 class FakeTask:
     """The node, its ports and a timeline list; deploy interface ``agent``."""
 
@@ -61,6 +86,7 @@ class FakeTask:
         self.node = node
         self.ports = ports
         self.events: list[tuple[str, str]] = []
+        self.management = RecordingManagement()
 
     def record(self, message: str, *, severity: str = "INFO", data: dict[str, Any] | None = None) -> None:
         self.events.append((severity, message))
@@ -69,6 +95,8 @@ class FakeTask:
         pass
 
     def interface(self, kind: str) -> Any:
+        if kind == "management":
+            return self.management
         return type("Deploy", (), {"name": "agent"})()
 
     def set_power_state(self, state: str) -> str:
@@ -186,6 +214,7 @@ def test_pxe_bios_writes_pxelinux_config_links_and_options(config: Config, image
     assert (tftp / UUID / "deploy_kernel").stat().st_ino == master.stat().st_ino
     assert (tftp / UUID / "deploy_ramdisk").read_bytes() == images["ramdisk"].read_bytes()
     assert task.node.driver_internal_info["netboot"] == "ramdisk"
+    assert task.management.devices == [("pxe", False)]  # the next boot, once, from the network
 
 
 def test_pxe_local_boot_survives_ramdisk_clean_up_and_clean_up_instance_removes_all(
@@ -445,3 +474,14 @@ def test_a_failed_download_names_the_url_without_its_credentials(tmp_path: Path)
     assert "HTTP 404" in exc.value.message and "http://files.example/k" in exc.value.message
     assert "pa55" not in exc.value.message and "sig=abc" not in exc.value.message
     assert list(cache.master_dir.glob("*.part")) == [] and not cache.master_path("http://x").exists()
+
+
+def test_a_bmc_that_cannot_set_the_boot_device_leaves_nothing_behind(config: Config, images: dict[str, Path]) -> None:
+    boot, dhcp = make(IpxeBoot, config)
+    task = make_task(images)
+    task.management.fail = True
+    with pytest.raises(BmcUnreachable):
+        boot.prepare_ramdisk(task, params=PARAMS)
+    tftp, http = roots(config)
+    assert {f for f in all_files(tftp, http) if UUID in f or "52-54" in f} == set()
+    assert MAC in dhcp.ignored and dhcp.options == {}
