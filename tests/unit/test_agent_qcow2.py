@@ -391,7 +391,7 @@ def test_corrupt_or_unknown_feature_bits_are_left_to_qemu_img(bits: int, why: st
         decode(bytes(patched(header_of(tmp_path), ">Q", 72, bits)))
 
 
-def _l1_at(image: bytes) -> int:
+def _l1_at(image: bytes | bytearray) -> int:
     return int(struct.unpack_from(">Q", image, 40)[0])
 
 
