@@ -394,12 +394,17 @@ class IpxeBoot(NetbootInterface):
             lay.link(script, layout.ipxe_link(mac))
 
     def dhcp_options(self, task: Task, layout: lay.NetbootLayout, *, boot: str, mode: str) -> list[DhcpOption]:
-        """Plain PXE gets the iPXE binary over TFTP; iPXE gets the node's script URL."""
+        """Plain PXE gets the iPXE binary for the architecture it reports; iPXE gets the node's script URL.
+
+        The binary follows the firmware's client-arch (tag ``efi64``), not the node's recorded boot
+        mode, so a node whose mode is unknown or wrong still reaches its script; the three tag sets
+        exclude each other, so no dnsmasq precedence rule decides which line a client gets.
+        """
         nb = self._config().netboot
-        loader = nb.ipxe_bios_loader if mode == "bios" else nb.ipxe_uefi_loader
         script = layout.url_of(layout.node_dir(layout.http_root, task.node.uuid) / "boot.ipxe")
         return [
-            DhcpOption("bootfile-name", Path(loader).name, tags=("!ipxe",)),
+            DhcpOption("bootfile-name", Path(nb.ipxe_uefi_loader).name, tags=("!ipxe", "efi64")),
+            DhcpOption("bootfile-name", Path(nb.ipxe_bios_loader).name, tags=("!ipxe", "!efi64")),
             DhcpOption("bootfile-name", script, tags=("ipxe",)),
             *self._server_ip(layout),
         ]

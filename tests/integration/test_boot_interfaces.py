@@ -191,7 +191,8 @@ def test_ipxe_deploy_prepares_serves_and_undeploy_removes(
     host, optsdir = dhcp_files(state)
     assert host.read_text().startswith(f"{MAC},set:node-{uuid}")
     opts = (optsdir / f"ironworks-node-{uuid}.conf").read_text()
-    assert "tag:!ipxe,option:bootfile-name,undionly.kpxe" in opts
+    assert "tag:!ipxe,tag:!efi64,option:bootfile-name,undionly.kpxe" in opts
+    assert "tag:!ipxe,tag:efi64,option:bootfile-name,snponly.efi" in opts
     assert f"tag:ipxe,option:bootfile-name,{server.url}/boot/{uuid}/boot.ipxe" in opts
 
     # what iPXE fetches, over the API's /boot/ (no credentials)

@@ -285,7 +285,8 @@ def test_ipxe_script_links_and_chain_options(config: Config, images: dict[str, P
     for root in (tftp, http):
         assert (root / "snponly.efi").is_file() and (root / "undionly.kpxe").is_file()
     assert dhcp.options[MAC] == [
-        DhcpOption("bootfile-name", "snponly.efi", tags=("!ipxe",)),
+        DhcpOption("bootfile-name", "snponly.efi", tags=("!ipxe", "efi64")),
+        DhcpOption("bootfile-name", "undionly.kpxe", tags=("!ipxe", "!efi64")),
         DhcpOption("bootfile-name", f"{API}/boot/{UUID}/boot.ipxe", tags=("ipxe",)),
         DhcpOption("tftp-server", "192.168.77.1"),
         DhcpOption("server-ip-address", "192.168.77.1"),
