@@ -327,8 +327,8 @@ class _Qcow2Sink:
                 self.spool = tempfile.NamedTemporaryFile(dir=self.tmp_dir, prefix="image-", suffix=".qcow2")  # noqa: SIM115
                 self._spool(memoryview(self.decoder.head), 0)  # what the decoder took of it so far
             except ImageError as exc:
-                if not self.decoder.started:
-                    raise  # a refused header: nothing was written, no need to download the rest
+                if not (self.decoder.started and exc.context.get("damaged")):
+                    raise  # a refused header (nothing written), or the disk or temporary directory failed
                 self.failure = exc
                 return
         self._spool(chunk, offset)

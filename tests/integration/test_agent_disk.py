@@ -293,7 +293,7 @@ def test_damaged_qcow2_download_is_a_checksum_mismatch(
     qcow = _qcow2(tmp_path, root, _random(6 * MIB))
     damaged = bytearray(qcow)
     l1 = int.from_bytes(damaged[40:48], "big")
-    damaged[l1 : l1 + 8] = (1 << 63 | 3 << 30).to_bytes(8, "big")  # the L2 table is now "beyond the end"
+    damaged[l1 : l1 + 8] = (1 << 63 | 65536 + 512).to_bytes(8, "big")  # an unaligned L2 table: fails mid-stream
     (root / "d.qcow2").write_bytes(damaged)
     with pytest.raises(ChecksumMismatch):
         image.write_image(_qcow2_info(url, "d.qcow2", qcow), dev, progress=lambda d, t: None, allowlist=[dev])

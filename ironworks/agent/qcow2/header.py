@@ -25,7 +25,7 @@ class Unsupported(Exception):
 
 def corrupt(what: str) -> ImageError:
     """The error for a damaged (or hostile) image: what is wrong, and how to look closer."""
-    return ImageError(f"the qcow2 image is corrupt: {what}; check it with `qemu-img check`")
+    return ImageError(f"the qcow2 image is corrupt: {what}; check it with `qemu-img check`", damaged=True)
 
 
 @dataclass(frozen=True)
