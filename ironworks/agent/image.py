@@ -324,7 +324,10 @@ class _Qcow2Sink:
             except qcow2.Unsupported as exc:
                 self.declined = str(exc)
                 LOG.info("the qcow2 image cannot be streamed (%s): downloading it for qemu-img convert", exc)
-                self.spool = tempfile.NamedTemporaryFile(dir=self.tmp_dir, prefix="image-", suffix=".qcow2")  # noqa: SIM115
+                try:
+                    self.spool = tempfile.NamedTemporaryFile(dir=self.tmp_dir, prefix="image-", suffix=".qcow2")  # noqa: SIM115
+                except OSError as err:  # not a download problem: no retry
+                    raise ImageError(f"no temporary file for the qcow2 image for qemu-img: {err}") from err
                 self._spool(memoryview(self.decoder.head), 0)  # what the decoder took of it so far
             except ImageError as exc:
                 if not (self.decoder.started and exc.context.get("damaged")):
