@@ -13,6 +13,7 @@ from ironworks.api import versions
 from ironworks.api.app import base_url, ctx_of, json_response, user_of, version_of
 from ironworks.api.nodes import MAX_LIMIT, find_node, render_ctx
 from ironworks.api.serialize import NODE_STATES_FIELDS, event_to_dict, iso, node_to_dict
+from ironworks.conductor import queue
 from ironworks.db.models import BiosSetting, FirmwareComponent, NodeEvent
 from ironworks.errors import InvalidInput, NotFound
 
@@ -60,6 +61,12 @@ def _maintenance(request: Request, ident: str, on: bool, reason: str | None) -> 
             node.fault = None
         msg = f"Maintenance set: {reason or 'no reason given'}" if on else "Maintenance unset"
         s.add(NodeEvent(node_id=node.id, event_type="maintenance", event=msg, user=user_of(request)))
+        # a flow paused for maintenance carries on now, not at its next periodic re-check
+        resume = not on and bool((node.driver_internal_info or {}).get("maintenance_paused"))
+        if resume:
+            queue.enqueue(ctx.db, s, node_id=node.id, kind="provision", name="resume", user=user_of(request))
+    if resume:
+        ctx.db.wake()
     return Response(status_code=202)
 
 

@@ -96,7 +96,17 @@ class FlowEngine:
         if new == S.CLEAN_FAILED:
             # like Ironic: a node that failed cleaning is not handed out until an operator looks
             task.set(maintenance=True, fault="clean failure", maintenance_reason=error)
+        self.clean_up_after_failure(task)
         task.save()
+
+    def clean_up_after_failure(self, task: TaskContext) -> None:
+        """Take down what the failed flow booted (the deploy interface knows what that is); never raises."""
+        deploy = task.driver["deploy"]
+        assert isinstance(deploy, DeployInterface)
+        try:
+            deploy.clean_up_after_failure(task)
+        except Exception as exc:  # the node is failed already; its original error is what matters
+            task.event("cleanup", f"Clean-up after the failure failed: {describe_error(exc)}", severity="WARNING")
 
     def _power_iface(self, task: TaskContext) -> PowerInterface:
         iface = task.driver["power"]

@@ -416,7 +416,11 @@ class ConductorService:
                     kind = {S.CLEAN_WAIT: "clean", S.DEPLOY_WAIT: "deploy", S.SERVICE_WAIT: "service"}.get(state)
                     if kind:
                         task.set(**{f"{kind}_step": None})
-                    task.transition(E.TIMEOUT, error=msg)
+                    if task.transition(E.TIMEOUT, error=msg, save=False) == S.CLEAN_FAILED:
+                        # as after any failed cleaning: not handed out until an operator looks
+                        task.set(maintenance=True, fault="clean failure", maintenance_reason=msg)
+                    self.flows.clean_up_after_failure(task)
+                    task.save()
                     count += 1
             except NodeLocked:
                 continue

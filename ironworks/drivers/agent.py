@@ -137,6 +137,32 @@ class AgentMixin:
         for key in AGENT_KEYS:
             task.node.driver_internal_info.pop(key, None)
 
+    def abandon_agent(self, task: Task) -> None:
+        """After a failure: power off and remove the ramdisk's boot config as far as possible, and
+        always forget the agent and its token, so no later flow talks to this ramdisk or trusts it.
+
+        Each part that fails is recorded as a warning instead of raised: the node is already failed,
+        and the operator needs to see the original error, not one about the clean-up.
+        """
+        info = task.node.driver_internal_info
+        if not (info.get("agent_booting") or self.agent_ready(task)):
+            return
+        for what, action in (
+            ("power the machine off", lambda: task.set_power_state(PowerState.OFF)),
+            ("remove the ramdisk's boot configuration", lambda: self._clean_up_ramdisk(task)),
+        ):
+            try:
+                action()
+            except Exception as exc:
+                task.record(f"After the failure, could not {what}: {exc}", severity="WARNING")
+        for key in AGENT_KEYS:
+            info.pop(key, None)
+
+    def _clean_up_ramdisk(self, task: Task) -> None:
+        boot = task.interface("boot")
+        assert isinstance(boot, BootInterface)
+        boot.clean_up_ramdisk(task)
+
     def run_command(self, task: Task, key: str, name: str, params: dict[str, Any]) -> Outcome:
         """Start agent command ``name`` once (remembered under ``key``), then poll it to its end."""
         info = task.node.driver_internal_info
@@ -311,6 +337,10 @@ class AgentDeploy(AgentMixin, DeployInterface):
         """After cleaning: the ramdisk goes away and the machine is off."""
         if task.node.driver_internal_info.get("agent_booting") or self.agent_ready(task):
             self.stop_agent(task)
+
+    def clean_up_after_failure(self, task: Task) -> None:
+        """A failed or timed-out flow leaves no ramdisk running, booting or trusted (as Ironic powers off)."""
+        self.abandon_agent(task)
 
     def tear_down_service(self, task: Task) -> None:
         """After servicing: back to the instance."""

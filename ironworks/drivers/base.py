@@ -204,6 +204,9 @@ class DeployInterface(Interface):
     def tear_down_service(self, task: Task) -> None:
         """After the last service step: return the node to its instance (default: nothing)."""
 
+    def clean_up_after_failure(self, task: Task) -> None:
+        """After a flow failed or timed out: take down what it booted; must not raise (default: nothing)."""
+
 
 class InspectInterface(Interface):
     """Learns what the machine has: CPUs, memory, disks, NICs."""
