@@ -123,6 +123,12 @@ class FlowRunner(FlowEngine):
     def agent_heartbeat(self, task: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
         """Record where the agent listens; a flow waiting for it carries on."""
         info = task.node.driver_internal_info
+        if not (info.get("agent_booting") or info.get("agent_url")):
+            # no flow has booted an agent: this heartbeat was queued by one that has been torn down
+            # since (an agent beats right after its last command, as the flow powers it off); taking
+            # it would make the next flow skip booting the ramdisk and talk to a machine that is off
+            LOG.info("node %s: ignored a heartbeat from %s: no agent booted", task.node.uuid, args.get("callback_url"))
+            return {"state": task.node.provision_state}
         first = not info.get("agent_url")
         info["agent_url"] = args.get("callback_url")
         info["agent_version"] = args.get("agent_version")

@@ -291,3 +291,33 @@ def test_silent_agent_fails_the_deploy(tmp_path: Path) -> None:
         assert "stopped answering" in n["last_error"] and "agent_silence_timeout" in n["last_error"]
     finally:
         h.close()
+
+
+def test_a_heartbeat_handled_after_cleaning_ended_does_not_stand_in_for_the_next_boot(
+    h: Harness, agent: ScriptedAgent
+) -> None:
+    """The agent beats right after its last command; when the conductor gets to that heartbeat only
+    after cleaning tore the ramdisk down (machine off, node available), the next deploy must still
+    boot the ramdisk, not talk to the agent of the finished flow (seen on the lab: a deploy hung)."""
+    from sqlalchemy import select
+
+    from ironworks.conductor import queue
+    from ironworks.db.models import Node
+
+    u = agent_node(h)
+    h.provision(u, "provide")
+    boot_as_agent(h, agent, u)
+    n = settle(h, u, {"available", "clean failed"})
+    assert n["provision_state"] == "available" and n["power_state"] == "power off", n["last_error"]
+    # the heartbeat the API accepted while the node was still cleaning, handled only now
+    with h.rt.db.write() as s:
+        node_id = s.execute(select(Node.id).where(Node.uuid == u)).scalar_one()
+        args = {"callback_url": agent.url, "agent_version": "test-1", "agent_status": None}
+        queue.enqueue(h.rt.db, s, node_id=node_id, kind="agent", name="heartbeat", args=args)
+    h.drain()
+    calls = len(agent.calls)
+    n = h.provision(u, "active")
+    assert n["provision_state"] == "wait call-back" and n["power_state"] == "power on"  # booting a ramdisk
+    assert len(agent.calls) == calls, agent.calls[calls:]  # nothing was sent to the torn-down agent
+    events = h.client.get(f"/v1/nodes/{u}/history").json()["history"]
+    assert any(e["event"].startswith("Booting the agent ramdisk for deployment") for e in events[-5:]), events[-5:]
