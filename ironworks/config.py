@@ -157,8 +157,8 @@ class NetbootConfig:
 class PetitbootConfig:
     """``[petitboot]``: how petitboot fetches its config and images (DHCP option 210)."""
 
-    #: ``tftp`` or ``http``
-    protocol: str = "tftp"
+    #: ``http`` (seed 004's default) or ``tftp``
+    protocol: str = "http"
 
 
 @dataclass(slots=True)
