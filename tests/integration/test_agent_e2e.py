@@ -299,11 +299,15 @@ class Lab:
         return f"{state}\n{agents or '--- no agent started'}\n--- server:\n{self.server.log_tail(40)}"
 
     def wait(self, uuid: str, until: set[str], *, bound: float = BOUND_S) -> dict[str, Any]:
-        """Poll the node until its provision state is one of ``until`` (and nothing is in progress)."""
+        """Poll the node until its provision state is one of ``until`` and nothing is in progress.
+
+        The conductor writes the final state while it still holds the node's lock for the last of its
+        work, so "nothing in progress" also means no reservation: a request sent earlier gets 409.
+        """
         deadline = time.monotonic() + bound
         while True:
             n = self.node(uuid)
-            if n["provision_state"] in until and n["target_provision_state"] is None:
+            if n["provision_state"] in until and n["target_provision_state"] is None and not n.get("reservation"):
                 return n
             if time.monotonic() > deadline:
                 pytest.fail(f"node {uuid} did not reach {sorted(until)} within {bound:g} s: {self.explain(uuid)}")
