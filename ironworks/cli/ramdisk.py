@@ -27,6 +27,10 @@ def build(
     extra_package: Annotated[
         list[str] | None, typer.Option("--extra-package", help="Another Debian package to include (repeatable).")
     ] = None,
+    without: Annotated[
+        list[str] | None,
+        typer.Option("--without", help="Leave out a base package: fio, stress-ng, qemu-utils ... (repeatable)."),
+    ] = None,
     module: Annotated[
         list[str] | None, typer.Option("--module", help="Another kernel module to include (repeatable).")
     ] = None,
@@ -55,6 +59,7 @@ def build(
         cache=cache or default_cache(),
         kernel_deb=kernel_deb,
         extra_packages=tuple(extra_package or ()),
+        without=tuple(without or ()),
         extra_modules=tuple(module or ()),
         overlay=overlay,
         iso=iso,

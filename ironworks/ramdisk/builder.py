@@ -30,6 +30,16 @@ BASE_PACKAGES: tuple[str, ...] = (
     "qemu-utils", "hdparm", "nvme-cli", "stress-ng", "fio", "ipmitool", "dmidecode", "dosfstools",
     "tar", "gzip", "openssl", "passwd", "ca-certificates",
 )  # fmt: skip
+#: base packages a build may leave out (``--without``), and the tools they ship, then not required
+OPTIONAL_PACKAGES: dict[str, tuple[str, ...]] = {
+    "fio": ("fio",),
+    "stress-ng": ("stress-ng",),
+    "qemu-utils": ("qemu-img",),
+    "ipmitool": ("ipmitool",),
+    "nvme-cli": ("nvme",),
+    "hdparm": ("hdparm",),
+    "dmidecode": ("dmidecode",),
+}
 KERNEL_META = "linux-image-amd64"
 KERNEL_NAME = "ironworks-agent.kernel"
 INITRAMFS_NAME = "ironworks-agent.initramfs"
@@ -47,6 +57,7 @@ class BuildOptions:
     cache: Path
     kernel_deb: Path | None = None
     extra_packages: tuple[str, ...] = ()
+    without: tuple[str, ...] = ()
     extra_modules: tuple[str, ...] = ()
     overlay: Path | None = None
     iso: bool = False
@@ -88,6 +99,11 @@ def _check_options(opts: BuildOptions) -> None:
     for p in opts.kernel_params:
         if not p.strip() or any(c in p for c in "\n\r\"'"):
             raise RamdiskBuildError(f"--kernel-param {p!r} must be one word without quotes or newlines")
+    bad = [p for p in opts.without if p not in OPTIONAL_PACKAGES]
+    if bad:
+        raise RamdiskBuildError(
+            f"--without {', '.join(bad)}: only these base packages may be left out: {', '.join(OPTIONAL_PACKAGES)}"
+        )
     if opts.iso:
         iso.check_tools()
 
@@ -132,7 +148,8 @@ def _kernel(opts: BuildOptions, apt: debs.Apt, progress: Progress) -> tuple[Path
 def _build(
     opts: BuildOptions, apt: debs.Apt, zstd: str, workdir: Path, started: float, progress: Progress
 ) -> BuildResult:
-    roots = list(dict.fromkeys((*BASE_PACKAGES, *opts.extra_packages)))
+    base = [p for p in BASE_PACKAGES if p not in opts.without]
+    roots = list(dict.fromkeys((*base, *opts.extra_packages)))
     progress(f"resolving the dependencies of {len(roots)} packages")
     graph = debs.parse_depends(apt.depends(roots))
     names = debs.resolve(roots, graph, skip=debs.SKIP_PACKAGES - set(roots))
@@ -167,7 +184,8 @@ def _build(
     overlay_files = rootfs.add_overlay(tree, opts.overlay) if opts.overlay else 0
     libs = rootfs.libraries(tree, staging)
     tools = rootfs.missing_tools(tree)
-    missing = sorted(t for t, p in tools.items() if p is None)
+    not_needed = {t for p in opts.without for t in OPTIONAL_PACKAGES[p]}
+    missing = sorted(t for t, p in tools.items() if p is None and t not in not_needed)
     if missing:
         raise RamdiskBuildError(
             f"the ramdisk would lack {', '.join(missing)}; the packages no longer ship them where expected"
@@ -221,6 +239,7 @@ def _build(
             "source_date_epoch": epoch,
             "compression_level": opts.compression_level,
             "extra_packages": list(opts.extra_packages),
+            "without": list(opts.without),
             "extra_modules": list(opts.extra_modules),
             "overlay": str(opts.overlay) if opts.overlay else None,
             "kernel_params": list(opts.kernel_params),

@@ -7,6 +7,7 @@ Layout on the ISO (stable: issue 6 remasters these files per node)::
     boot/grub/grub.cfg               UEFI boot configuration (same kernel parameters)
     images/efiboot.img               El Torito EFI image (FAT): EFI/BOOT/BOOTX64.EFI and EFI/BOOT/grub.cfg,
                                      which only finds the ISO and loads boot/grub/grub.cfg from it
+    .disk/ironworks-agent            the marker GRUB searches for to find the ISO (keep it when remastering)
 
 so changing the kernel parameters means editing the two text files, never the EFI image.
 """
@@ -31,9 +32,11 @@ GRUB_MODULES = (
     "echo test"
 )
 VOLUME_ID = "IRONWORKS_AGENT"
-#: the EFI image's own grub.cfg and GRUB's embedded one: find the ISO, load its boot/grub/grub.cfg
+MARKER = ".disk/ironworks-agent"
+#: the EFI image's own grub.cfg and GRUB's embedded one: find the ISO by its marker (not by grub.cfg,
+#: which GRUB's memdisk holds too, nor by a kernel path an installed disk may share), load its grub.cfg
 REDIRECT_CFG = (
-    "search --no-floppy --file --set=root /boot/grub/grub.cfg\nset prefix=($root)/boot/grub\n"
+    f"search --no-floppy --file --set=root /{MARKER}\nset prefix=($root)/boot/grub\n"
     "configfile ($root)/boot/grub/grub.cfg\n"
 )
 
@@ -80,8 +83,9 @@ def build_iso(kernel: Path, initramfs: Path, params: Sequence[str], out: Path, *
     root = workdir / "iso"
     if root.exists():
         shutil.rmtree(root)
-    for d in ("boot/grub", "isolinux", "images"):
+    for d in ("boot/grub", "isolinux", "images", ".disk"):
         (root / d).mkdir(parents=True)
+    (root / MARKER).write_text("Ironworks agent ramdisk ISO\n")
     shutil.copyfile(kernel, root / "boot/vmlinuz")
     shutil.copyfile(initramfs, root / "boot/initrd.zst")
     shutil.copyfile(ISOLINUX_BIN, root / "isolinux/isolinux.bin")
