@@ -280,7 +280,7 @@ def _assert_agent_started_and_tried_its_lookup(text: str, firmware: str) -> None
     assert loaded and {"virtio_net", "e1000"} <= set(loaded.group(1).split()), text[-3000:]
     for mac in (MAC_VIRTIO, MAC_E1000):  # every NIC, whatever its name
         assert re.search(rf"ironworks-init: interface \S+ \({mac}\) up, starting DHCP", text)
-    assert "ironworks-init: starting the agent (run 1)" in text
+    assert re.search(r"ironworks-init: starting the agent \(run 1, uptime [\d.]+s\)", text)
     lookup = re.search(r"looking up the node at http://127\.0\.0\.1:9 with MAC addresses (.*)", text)
     assert lookup and {MAC_VIRTIO, MAC_E1000} <= set(lookup.group(1).replace(",", " ").split())
     assert re.search(r"lookup not answered yet \(.*[Cc]onnection refused", text), text[-3000:]

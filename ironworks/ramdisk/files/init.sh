@@ -81,7 +81,7 @@ fi
 runs=0
 while :; do
     runs=$((runs + 1))
-    say "starting the agent (run $runs)"
+    say "starting the agent (run $runs, uptime $(cut -d' ' -f1 /proc/uptime)s)"
     python3 -m ironworks.agent </dev/null
     status=$?
     if [ "$status" -eq 0 ]; then
