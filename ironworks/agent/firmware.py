@@ -218,7 +218,16 @@ def update_firmware(
             with tarfile.open(tarball, "r:*") as tar:
                 members = tar.getmembers()
                 check_members(members, max_bytes=max_unpacked_bytes)
-                tar.extractall(unpack, members=members, filter="data")
+                if hasattr(tarfile, "data_filter"):
+                    tar.extractall(unpack, members=members, filter="data")
+                else:
+                    # Python < 3.11.4 (Debian 12's 3.11.2, which the ramdisk ships) has no filters:
+                    # check_members vetted every path and link; do what the data filter adds
+                    for m in members:
+                        m.mode &= 0o755  # no setuid/setgid/sticky, no group/other write
+                        m.uid = m.gid = 0
+                        m.uname = m.gname = ""
+                    tar.extractall(unpack, members=members)
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise UnsafeArchive(f"the firmware from {url} is not a readable tarball: {exc}", url=url) from exc
         os.unlink(tarball)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import subprocess
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -122,3 +123,33 @@ def test_hostile_tarballs_are_refused_before_anything_runs(
             max_unpacked_bytes=2048,
         )
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing ran, nothing left behind
+
+
+def test_update_firmware_runs_on_the_python_the_ramdisk_ships(served: tuple[str, Path], tmp_path: Path) -> None:
+    """The ramdisk's agent runs on Debian 12's python3 (3.11.2, before tarfile's extraction filters):
+    the update must work there too, and a setuid bit in the tarball must not survive the unpacking."""
+    system_python = Path("/usr/bin/python3")
+    if not system_python.is_file():
+        pytest.fail("/usr/bin/python3 (Debian's python3, what the ramdisk carries) is missing")
+    url, root = served
+    setuid = tarfile.TarInfo("payload/tool")
+    setuid.size, setuid.mode = 0, 0o4777
+    script = b"stat -c 'mode %a' payload/tool\necho flashed\n"
+    checksum = _tarball(root / "fw.tgz", {"runme.sh": script}, [setuid])
+    repo = Path(__file__).resolve().parents[2]
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from ironworks.agent.firmware import update_firmware\n"
+        "r = update_firmware(sys.argv[2], sys.argv[3], timeout=30, output=print, workdir_root=sys.argv[4])\n"
+        "print('exit', r['exit_code'])\n"
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    done = subprocess.run(
+        [str(system_python), "-c", code, str(repo), f"{url}/fw.tgz", checksum, str(work)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["mode 755", "flashed", "exit 0"], done.stdout
