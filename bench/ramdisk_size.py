@@ -65,7 +65,8 @@ def main() -> int:
         verdict = "within" if size <= TARGET else "OVER"
         print(f"{level:>5} {size / 1e6:>12.1f} {raw / 1e6:>15.1f} {raw / size:>6.2f} {wall:>16.1f}  {verdict} 60 MB")
     print("largest parts (uncompressed MB):")
-    for name, size in list(results[-1]["parts"].items())[:10]:
+    parts = sorted(results[-1]["parts"].items(), key=lambda kv: -kv[1])
+    for name, size in parts[:12]:
         print(f"  {size / 1e6:6.1f}  {name}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

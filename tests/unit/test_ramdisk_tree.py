@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ironworks.ramdisk import RamdiskBuildError, elf
+from ironworks.ramdisk.rootfs import add_overlay
 from ironworks.ramdisk.tree import Staging, Tree, add_libraries, canonical
 
 
@@ -57,3 +58,19 @@ def test_a_library_no_package_ships_is_named(tmp_path: Path) -> None:
     tree.take(staging, "usr/bin/python3")
     with pytest.raises(RamdiskBuildError, match=r"usr/bin/python3 needs .*ld-linux.*--extra-package"):
         add_libraries(tree, staging, extra=())
+
+
+def test_an_overlay_lands_at_the_same_paths_and_replaces(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay"
+    (overlay / "usr/local/bin").mkdir(parents=True)
+    (overlay / "usr/local/bin/vendor-flash").write_text("#!/bin/sh\n")
+    (overlay / "usr/local/bin/vendor-flash").chmod(0o755)
+    os.symlink("vendor-flash", overlay / "usr/local/bin/vflash")
+    tree = Tree()
+    tree.file("usr/local/bin/vendor-flash", b"old")
+    assert add_overlay(tree, overlay) == 2
+    node = tree.nodes["usr/local/bin/vendor-flash"]
+    assert node.source == overlay / "usr/local/bin/vendor-flash" and node.mode & 0o777 == 0o755
+    assert tree.nodes["usr/local/bin/vflash"].target == "vendor-flash"
+    with pytest.raises(RamdiskBuildError, match="not a directory"):
+        add_overlay(tree, tmp_path / "missing")
