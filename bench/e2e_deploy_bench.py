@@ -29,11 +29,12 @@ Status: the parts that turn recordings into phases are done and unit-tested on r
 (``tests/unit/test_e2e_phases.py``): ``serial_milestones``, ``dnsmasq_events``, ``history_milestones``,
 ``deploy_timeline``, ``summarize``, ``render``; ``--recorded DIR`` runs them on files saved from a run.
 ``recording()`` records one deploy (serial console and dnsmasq's log with ``tests.lab.serial.SerialRecorder``,
-then the node history) into a directory. TODO (next engineer, once the deploy e2e tests exist):
-``run_deploys`` -- the loop that, per run, sets up the node on the lab and deploys inside ``recording()``.
+then the node history) into a directory. ``run_deploys`` builds a lab of its own and deploys ``--runs``
+times inside ``recording()`` (the same helpers as ``tests/e2e/test_netboot_deploy.py``).
 
     .venv/bin/python bench/e2e_deploy_bench.py --recorded DIR [DIR ...] [--json out.json]
-    .venv/bin/python bench/e2e_deploy_bench.py --runs 3 [--firmware bios|uefi] [--boot-interface ipxe|pxe]
+    .venv/bin/python bench/e2e_deploy_bench.py --runs 3 [--firmware bios|uefi] [--boot-interface ipxe|pxe] \\
+        [--driver redfish|ipmi] [--image-format raw|qcow2] [--hash-algo sha256|sha512|md5] [--out DIR]
 
 It reports medians and judges nothing (target of issue 5: <= 60 s for a 1 GiB image on TCG).
 """
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import hashlib
 import json
 import re
 import statistics
@@ -51,6 +53,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -340,37 +343,107 @@ def recording(
     save_recording(directory, history=history(), serial=on_serial.lines, dnsmasq=on_log.lines, mac=mac)
 
 
-def run_deploys(runs: int, *, firmware: str, boot_interface: str, out: Path) -> list[Path]:
-    """TODO (next engineer): deploy ``runs`` times on the lab and save each run's recordings under ``out``.
+def run_deploys(
+    runs: int,
+    *,
+    firmware: str,
+    boot_interface: str,
+    out: Path,
+    driver: str = "redfish",
+    image_format: str = "raw",
+    hash_algo: str = "sha256",
+) -> list[Path]:
+    """Deploy ``runs`` times on a lab of its own and save each run's recordings under ``out``/run-N.
 
-    Per run: ``Lab`` (tests/lab) with Ironworks ``start_ironworks(lab.dhcp_env() | netboot env,
-    on_bridge=True)``; a node for a VM of ``firmware`` with its port ``vm.mac``, the ramdisk from
-    ``ironworks ramdisk build`` in driver_info, ``instance_info`` = the test image (``lab.www``) and its
-    sha256; ``lab.blank_disk(vm)``; then ``provide`` and, inside ``with recording(out / f"run-{i}",
-    serial=vm.serial, dnsmasq_log=server.state_dir / "logs" / "dnsmasq.log", mac=vm.mac, history=...)``,
-    ``active`` until the deployed image's marker shows on the console; ``undeploy`` before the next run.
+    One ``Lab`` (tests/lab), one Ironworks on its bridge with the managed dnsmasq, the agent ramdisk
+    of this tree (``tests/e2e/netboot.agent_ramdisk``, from the build cache), one node for a VM of
+    ``firmware`` with its port, the 1 GiB test image over the lab's HTTP server with its sha256.
+    Per run: blank disk, ``active`` with a config drive recorded until the deployed image prints its
+    marker, then ``deleted``. Automated cleaning is off here (it is not part of a deploy and would
+    double the run time); the e2e tests run it.
     """
-    raise NotImplementedError(
-        "the deploy loop is not written yet (it needs the e2e deploy tests of issue 5); "
-        "use --recorded DIR with recordings saved by save_recording()"
+    import tempfile
+
+    from tests.e2e.images import DEFAULT_CACHE, build_instance_image
+    from tests.e2e.netboot import (
+        BOOT_BOUND_S,
+        INSTANCE_LINE,
+        Deployer,
+        agent_ramdisk,
+        image_instance_info,
+        start_netboot_ironworks,
     )
+    from tests.lab.lab import Lab
+
+    image = build_instance_image(image_id="e2e-instance", cache=DEFAULT_CACHE)
+    ramdisk = agent_ramdisk()
+    print(f"agent ramdisk {ramdisk.directory}: initramfs {ramdisk.initramfs.stat().st_size / 1e6:.1f} MB, "
+          f"kernel {ramdisk.kernel.stat().st_size / 1e6:.1f} MB", file=sys.stderr)  # fmt: skip
+    lab = Lab(Path(tempfile.mkdtemp(prefix="iw-bench-lab-")))
+    dirs: list[Path] = []
+    try:
+        lab.setup()
+        server = start_netboot_ironworks(lab, {"IRONWORKS_CONDUCTOR_AUTOMATED_CLEAN": "false"})
+        d = Deployer(lab, server)
+        vm = lab.vms_with(firmware)[0]
+        info = image_instance_info(lab, image, image_format)
+        if hash_algo != "sha256":  # the user's choice of os_hash_algo: the agent hashes what it writes with it
+            path = image.raw if image_format == "raw" else image.qcow2
+            digest = hashlib.new(hash_algo)
+            with path.open("rb") as f:
+                while block := f.read(8 << 20):
+                    digest.update(block)
+            info.update(image_os_hash_algo=hash_algo, image_os_hash_value=digest.hexdigest())
+        uuid = d.create_node(vm, driver=driver, ramdisk=ramdisk, boot_interface=boot_interface)
+        d.available(uuid, vm)
+        for i in range(runs):
+            lab.power_off_vm(vm)
+            lab.blank_disk(vm)
+            d.set_instance_info(uuid, info)  # undeploy cleared it
+            run_dir = out / f"run-{i + 1}"
+            dnsmasq_log = server.state_dir / "logs" / "dnsmasq.log"
+            history = partial(d.history, uuid)
+            with recording(run_dir, serial=vm.serial, dnsmasq_log=dnsmasq_log, mac=vm.mac, history=history):
+                offset = vm.serial.offset()
+                d.provision(uuid, "active", configdrive={"meta_data": {"uuid": f"bench-run-{i + 1}"}})
+                node = d.wait(uuid, {"active", "deploy failed"}, vm=vm)
+                if node["provision_state"] != "active":
+                    raise RuntimeError(f"run {i + 1}: the deploy failed: {d.explain(uuid, vm)}")
+                lab.wait_for_serial(vm, INSTANCE_LINE, after=offset, bound=BOOT_BOUND_S)
+            dirs.append(run_dir)
+            print(f"run {i + 1}: {load_recording(run_dir).total:.1f} s", file=sys.stderr)
+            lab.wait_for_domain(vm, "shut off", bound=BOOT_BOUND_S)  # the test image powers itself off
+            d.provision(uuid, "deleted")
+            d.wait(uuid, {"available"}, vm=vm)
+    finally:
+        lab.teardown()
+    return dirs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: phases of recorded runs (``--recorded``) or, once written, of new runs."""
+    """Command line: phases of recorded runs (``--recorded``) or of new runs on a lab of its own."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--recorded", nargs="+", type=Path, help="directories saved by save_recording()")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--firmware", choices=("bios", "uefi"), default="bios")
     parser.add_argument("--boot-interface", choices=("ipxe", "pxe"), default="ipxe")
+    parser.add_argument("--driver", choices=("redfish", "ipmi"), default="redfish")
+    parser.add_argument("--image-format", choices=("raw", "qcow2"), default="raw")
+    parser.add_argument("--hash-algo", choices=("sha256", "sha512", "md5"), default="sha256", help="os_hash_algo")
     parser.add_argument("--out", type=Path, default=Path("e2e-deploy-runs"))
     parser.add_argument("--json", type=Path, help="write every milestone and the medians here")
     args = parser.parse_args(argv)
     try:
         dirs = args.recorded or run_deploys(
-            args.runs, firmware=args.firmware, boot_interface=args.boot_interface, out=args.out
+            args.runs,
+            firmware=args.firmware,
+            boot_interface=args.boot_interface,
+            out=args.out,
+            driver=args.driver,
+            image_format=args.image_format,
+            hash_algo=args.hash_algo,
         )
-    except NotImplementedError as exc:
+    except (RuntimeError, AssertionError) as exc:
         print(f"e2e_deploy_bench: {exc}", file=sys.stderr)
         return 2
     runs = [load_recording(d) for d in dirs]

@@ -227,9 +227,21 @@ class Deployer:
         return events
 
     def provision(self, uuid: str, target: str, **body: Any) -> None:
-        """``PUT /v1/nodes/{uuid}/states/provision``; must be accepted (202)."""
-        r = self.api.put(f"/v1/nodes/{uuid}/states/provision", json={"target": target, **body})
+        """``PUT /v1/nodes/{uuid}/states/provision``; must be accepted (202), retried while the node is locked."""
+        deadline = time.monotonic() + 60.0
+        while True:
+            r = self.api.put(f"/v1/nodes/{uuid}/states/provision", json={"target": target, **body})
+            # 409 "locked by ...": a power sync or the end of a flow holds the node for a moment
+            if r.status_code != 409 or "is locked" not in r.text or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert r.status_code == 202, f"provision {target}: {r.status_code} {r.text}"
+
+    def set_instance_info(self, uuid: str, values: Mapping[str, Any]) -> None:
+        """``PATCH`` ``instance_info`` keys (undeploy clears them, as Ironic does)."""
+        patch = [{"op": "add", "path": f"/instance_info/{k}", "value": v} for k, v in values.items()]
+        r = self.api.patch(f"/v1/nodes/{uuid}", json=patch)
+        assert r.status_code == 200, r.text
 
     def delete_node(self, uuid: str) -> None:
         """Delete the node (in maintenance when it must be, so a failed test still cleans up)."""
