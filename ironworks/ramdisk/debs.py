@@ -238,9 +238,10 @@ class Apt:
             proc = _run(["apt-get", "download", *(f"{i.name}={i.version}" for i in wanted)], cwd=self.debs)
             if proc.returncode != 0:
                 failed = [i.name for i in wanted if not (self.debs / i.deb_name).is_file()]
+                named = ", ".join(failed[:8]) + (f" and {len(failed) - 8} more" if len(failed) > 8 else "")
                 raise PackageError(
-                    f"apt-get download failed for {', '.join(failed) or 'some packages'}: "
-                    f"{proc.stderr.strip()[-400:]} (is the Debian mirror reachable? try apt-get update)",
+                    f"apt-get download failed for {named or 'some packages'}: {proc.stderr.strip()[-300:]} "
+                    "(is the Debian mirror reachable? try apt-get update)",
                     packages=failed,
                 )
         for info in wanted:
