@@ -35,6 +35,7 @@ from ironworks.drivers.base import (
     Task,
     ValidationError,
 )
+from ironworks.drivers.capabilities import requested_boot_mode
 from ironworks.drivers.registry import HardwareType
 from ironworks.errors import BmcAuthFailed, BmcError, BmcRequestFailed, BmcTimeout, BmcUnsupported
 
@@ -257,30 +258,10 @@ class IpmiPower(_IpmitoolInterface, PowerInterface):
             self.sleep(min(self.poll_interval, left))
 
 
-def _capability(caps: Any, name: str) -> str | None:
-    """A value from Ironic capabilities: ``"boot_mode:uefi,secure_boot:true"`` or a dict."""
-    if isinstance(caps, dict):
-        value = caps.get(name)
-        return None if value is None else str(value)
-    for item in str(caps or "").split(","):
-        key, _, value = item.partition(":")
-        if key.strip() == name:
-            return value.strip()
-    return None
-
-
 def boot_mode_of(task: Task) -> str | None:
     """The boot mode the node should boot in: requested (capabilities) first, then the one observed."""
-    node = task.node
-    for caps in (
-        node.instance_info.get("capabilities"),
-        node.properties.get("capabilities"),
-        node.driver_info.get("capabilities"),
-    ):
-        mode = _capability(caps, "boot_mode")
-        if mode:
-            return mode.lower()
-    return node.boot_mode.lower() if node.boot_mode else None
+    found = requested_boot_mode(task.node)
+    return found[0] if found else None
 
 
 class IpmiManagement(_IpmitoolInterface, ManagementInterface):

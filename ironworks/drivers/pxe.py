@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from ironworks.config import Config
 from ironworks.drivers.base import BootDevice, BootInterface, ManagementInterface, Task, ValidationError
+from ironworks.drivers.capabilities import requested_boot_mode
 from ironworks.errors import ConfigError, IronworksError
 from ironworks.images.cache import ImageCache, local_path
 from ironworks.netboot import layout as lay
@@ -44,27 +45,10 @@ PROPERTIES = {
 }
 
 
-def _capability(caps: Any, name: str) -> str | None:
-    if isinstance(caps, dict):
-        value = caps.get(name)
-        return None if value is None else str(value)
-    for item in str(caps or "").split(","):
-        key, _, value = item.partition(":")
-        if key.strip() == name:
-            return value.strip()
-    return None
-
-
 def boot_mode(task: Task, default: str) -> str:
-    """``uefi`` or ``bios``: capability (instance_info, then properties), observed mode, then ``default``."""
-    node = task.node
-    for caps in (node.instance_info.get("capabilities"), node.properties.get("capabilities")):
-        mode = _capability(caps, "boot_mode")
-        if mode:
-            return _check_mode(mode, "the capability boot_mode")
-    if node.boot_mode:
-        return _check_mode(node.boot_mode, "the node's boot_mode")
-    return _check_mode(default, "[netboot] default_boot_mode")
+    """``uefi`` or ``bios``: the requested capability, the observed mode, then ``default``."""
+    mode, where = requested_boot_mode(task.node) or (default, "[netboot] default_boot_mode")
+    return _check_mode(mode, where)
 
 
 def _check_mode(mode: str, where: str) -> str:
