@@ -26,7 +26,9 @@ SYSTEM_PACKAGES=(postgresql-client ipmitool
     busybox-static cpio zstd kmod udhcpc
     # the e2e test disk image (tests/e2e/images.py): syslinux --install on the image file, GRUB's
     # grub-mkstandalone (grub-common); mkfs.vfat, mtools and qemu-img come with the packages above
-    syslinux grub-common)
+    syslinux grub-common
+    # the rescue test (tests/integration/test_ramdisk_rescue.py) logs in to the ramdisk's sshd with ssh
+    openssh-client)
 
 log() { printf '[dev.sh] %s\n' "$*" >&2; }
 

@@ -329,7 +329,9 @@ class RescueExtension(_ManagerExtension):
 
     @command(sync=True)
     def finalize_rescue(self, rescue_password: str, hashed: bool = False) -> dict[str, Any]:
-        """Set the ``rescue`` user's password; the agent then stops heartbeating (IPA does the same)."""
+        """Set the ``rescue`` user's password; in a ramdisk /init then opens logins (getty, SSH)."""
+        # heartbeats stop (as IPA's do): the conductor has moved the node to "rescue" and needs no more;
+        # the API keeps serving, token-protected, so the command's result can still be read
         self.managers.call("set_rescue_password", rescue_password, hashed=hashed)
         if self._on_finalized is not None:
             self._on_finalized()

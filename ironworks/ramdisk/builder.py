@@ -30,7 +30,7 @@ from ironworks.ramdisk.tree import Node, Staging, Tree
 BASE_PACKAGES: tuple[str, ...] = (
     "busybox-static", "python3", "bash", "coreutils", "util-linux", "fdisk", "gdisk", "kmod", "iproute2",
     "qemu-utils", "hdparm", "nvme-cli", "stress-ng", "fio", "ipmitool", "dmidecode", "dosfstools",
-    "tar", "gzip", "openssl", "passwd", "ca-certificates",
+    "tar", "gzip", "openssl", "passwd", "ca-certificates", "openssh-server",
 )  # fmt: skip
 #: base packages a build may leave out (``--without``), and the tools they ship, then not required
 OPTIONAL_PACKAGES: dict[str, tuple[str, ...]] = {
@@ -41,6 +41,7 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, ...]] = {
     "nvme-cli": ("nvme",),
     "hdparm": ("hdparm",),
     "dmidecode": ("dmidecode",),
+    "openssh-server": ("sshd",),  # SSH in rescue; without it, console logins only
 }
 KERNEL_META = "linux-image-amd64"
 KERNEL_NAME = "ironworks-agent.kernel"

@@ -30,6 +30,8 @@ SKIP_PACKAGES = frozenset(
         "libfile-find-rule-perl", "libnumber-compare-perl", "libtext-glob-perl", "libperl5.36",
         "libgdbm-compat4", "libsemanage-common", "libtirpc-common", "freeipmi-common", "libx11-data",
         "libdrm-common", "util-linux-extra", "uuid-runtime", "dmsetup", "libaudit-common",
+        # openssh-server wants these for its maintainer scripts and the client tools; sshd itself does not
+        "openssh-client", "openssh-sftp-server", "procps", "runit-helper",
     }
 )  # fmt: skip
 DEPENDS_FLAGS = ("--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances")

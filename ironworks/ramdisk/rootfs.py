@@ -30,17 +30,40 @@ REQUIRED_TOOLS = (
     "sh", "bash", "python3", "udhcpc", "ip", "modprobe", "mount", "poweroff", "reboot", "sync", "setsid",
     "qemu-img", "sgdisk", "sfdisk", "lsblk", "blkid", "wipefs", "partx", "prlimit", "dmesg", "shred",
     "hdparm", "nvme", "stress-ng", "fio", "ipmitool", "dmidecode", "mkfs.vfat", "tar", "gzip", "sha256sum",
-    "openssl", "chpasswd",
+    "openssl", "chpasswd", "getty", "login", "chown", "grep", "sshd",
 )  # fmt: skip
+#: password logins for the rescue user only; no PAM in the ramdisk (crypt() against /etc/shadow)
+SSHD_CONFIG = """\
+# Ironworks rescue ramdisk: /init starts sshd once rescue.finalize_rescue has set the rescue password
+Port 22
+HostKey /run/ironworks-ssh/ssh_host_ecdsa_key
+PidFile /run/sshd.pid
+UsePAM no
+AllowUsers rescue
+PermitRootLogin no
+PasswordAuthentication yes
+PermitEmptyPasswords no
+KbdInteractiveAuthentication no
+AllowTcpForwarding no
+AllowAgentForwarding no
+X11Forwarding no
+PermitTunnel no
+PrintMotd no
+"""
 ETC_FILES = {
-    "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nrescue:x:1000:1000:rescue:/home/rescue:/bin/sh\n",
-    "etc/group": "root:x:0:\ntty:x:5:\ndisk:x:6:\nrescue:x:1000:\n",
-    "etc/shadow": "root:*:19000:0:99999:7:::\nrescue:!:19000:0:99999:7:::\n",
+    "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534::/run/sshd:/bin/false\n"
+    "rescue:x:1000:1000:rescue:/home/rescue:/bin/sh\n",
+    "etc/group": "root:x:0:\ntty:x:5:\ndisk:x:6:\nrescue:x:1000:\nnogroup:x:65534:\n",
+    "etc/shadow": "root:*:19000:0:99999:7:::\nsshd:*:19000:0:99999:7:::\nrescue:!:19000:0:99999:7:::\n",
     "etc/hosts": "127.0.0.1 localhost ironworks-ramdisk\n::1 localhost ip6-localhost\n",
     "etc/hostname": "ironworks-ramdisk\n",
     "etc/nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n",
     "etc/os-release": 'NAME="Ironworks ramdisk"\nID=ironworks-ramdisk\nID_LIKE=debian\n',
     "etc/resolv.conf": "",
+    "etc/shells": "/bin/sh\n/usr/bin/sh\n/bin/bash\n/usr/bin/bash\n",
+    # /init starts sshd only once a rescue is finalized; sshd runs as the privilege-separation user sshd
+    "etc/ssh/sshd_config": SSHD_CONFIG,
+    "etc/issue": "Ironworks rescue ramdisk: log in as rescue with the rescue password\n\n",
 }
 
 

@@ -38,7 +38,7 @@ BOOT_BOUND_S = 300.0  # bounds, not expectations: a TCG boot to the agent takes 
 MAC_VIRTIO, MAC_E1000 = "52:54:00:1a:00:01", "52:54:00:1a:00:02"
 TOOLS = ("qemu-img", "sgdisk", "sfdisk", "lsblk", "blkid", "wipefs", "hdparm", "nvme", "stress-ng", "fio",
          "ipmitool", "dmidecode", "mkfs.vfat", "shred", "tar", "gzip", "sha256sum", "bash", "udhcpc",
-         "modprobe")  # fmt: skip
+         "modprobe", "sshd", "getty", "login")  # fmt: skip
 pytestmark = pytest.mark.timeout(BUILD_BOUND_S + 600)
 
 
@@ -150,7 +150,9 @@ def test_the_initramfs_holds_the_agent_each_tool_and_working_module_lists(built:
         "dev/console",
         "bin",
         "etc/ssl/certs/ca-certificates.crt",
+        "etc/ssh/sshd_config",  # rescue logins
     } <= members
+    assert not any(m.startswith("etc/ssh/ssh_host_") for m in members)  # host keys are made at boot, never shipped
     site = "usr/lib/python3/dist-packages/ironworks"
     assert {f"{site}/__init__.py", f"{site}/agent/__main__.py", f"{site}/agent/main.py"} <= members
     others = [

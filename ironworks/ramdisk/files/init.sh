@@ -6,6 +6,7 @@
 #   ironworks-modules=a,b       extra kernel modules to load
 #   ironworks-agent-restarts=N  how often a failed agent is started again (default 10; 0 = never)
 #   ironworks-dhcp-wait=S       seconds to wait for a first DHCP lease before starting the agent (default 30)
+#   console=DEV[,BAUD]          (the kernel's) after a finalized rescue each console gets a login prompt
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH HOME=/root TERM=linux LANG=C.UTF-8
 say() { echo "ironworks-init: $*"; }
@@ -23,7 +24,7 @@ hostname ironworks-ramdisk
 FIRMWARE=bios; [ -d /sys/firmware/efi ] && FIRMWARE=uefi
 say "started (kernel $(uname -r), firmware $FIRMWARE, uptime $(cut -d' ' -f1 /proc/uptime)s)"
 
-DEBUG_SHELL=0; EXTRA_MODULES=""; RESTARTS=10; DHCP_WAIT=30
+DEBUG_SHELL=0; EXTRA_MODULES=""; RESTARTS=10; DHCP_WAIT=30; CONSOLES=""
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         ironworks-debug-shell=*|ironworks_debug_shell=*) DEBUG_SHELL=${arg#*=} ;;
@@ -31,6 +32,7 @@ for arg in $(cat /proc/cmdline); do
         ironworks-modules=*|ironworks_modules=*) EXTRA_MODULES=$(echo "${arg#*=}" | tr ',' ' ') ;;
         ironworks-agent-restarts=*|ironworks_agent_restarts=*) RESTARTS=${arg#*=} ;;
         ironworks-dhcp-wait=*|ironworks_dhcp_wait=*) DHCP_WAIT=${arg#*=} ;;
+        console=*) CONSOLES="$CONSOLES ${arg#*=}" ;;
         ipa-agent-token=*|ipa_agent_token=*) ;;  # a secret: never echoed
         ipa-*|ipa_*) say "agent option ${arg%%=*}=${arg#*=}" ;;
     esac
@@ -76,6 +78,47 @@ else
         say "no DHCP lease after ${DHCP_WAIT}s on:$NICS; starting the agent anyway (it keeps retrying)"
     fi
 fi
+
+# ---- rescue logins. The agent's rescue.finalize_rescue sets the rescue user's password (chpasswd -e
+# writes /etc/shadow, where the build left "rescue:!", locked). Only then do logins open: a getty on
+# each console of the kernel command line and sshd (password, rescue only; root refused).
+# Before that nothing listens for a login, so a deploy or clean ramdisk offers none.
+rescue_password_set() { grep -q '^rescue:[$]' /etc/shadow 2>/dev/null; }
+respawn() { while :; do "$@"; sleep 1; done; }  # a getty exits after each session; dropbear if it dies
+start_rescue_logins() {
+    chown -R rescue:rescue /home/rescue && chmod 0700 /home/rescue
+    for con in ${CONSOLES:-tty0}; do
+        dev=${con%%,*}; baud=${con#"$dev"}; baud=${baud#,}; baud=${baud%%[!0-9]*}
+        [ "$dev" = tty0 ] && dev=tty1  # tty0 means "the current virtual terminal": the prompt goes on the first
+        if [ -c "/dev/$dev" ]; then
+            respawn getty -L "${baud:-115200}" "$dev" linux </dev/null >/dev/null 2>&1 &
+            say "login prompt on $dev (user rescue)"
+        else
+            say "console $dev has no device /dev/$dev: no login prompt there"
+        fi
+    done
+    if [ ! -x /usr/sbin/sshd ]; then
+        say "no SSH server in this ramdisk (built --without openssh-server): log in on the console"
+        return
+    fi
+    # a host key made now in tmpfs (none in the image, a new one each boot); openssl, as ssh-keygen is not here
+    mkdir -p -m 0700 /run/ironworks-ssh
+    mkdir -p -m 0755 /run/sshd  # sshd's privilege-separation directory
+    key=/run/ironworks-ssh/ssh_host_ecdsa_key
+    if ! (umask 077; openssl ecparam -name prime256v1 -genkey -noout -out "$key" 2>/dev/null); then
+        say "could not make an SSH host key (openssl ecparam failed): log in on the console"
+        return
+    fi
+    # -D -e: in the foreground, its log on the console; /etc/ssh/sshd_config lets in rescue only, never root
+    respawn /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config </dev/null &
+    say "SSH server on port 22 (host key ecdsa-sha2-nistp256, new each boot):" \
+        "ssh rescue@$(ip -4 -o addr show scope global | awk '{sub("/.*", "", $4); printf "%s ", $4}')"
+}
+(
+    while ! rescue_password_set; do sleep 2; done
+    say "the rescue password is set: opening logins for user rescue"
+    start_rescue_logins
+) &
 
 # ---- the agent, started again when it fails (bounded), with its output on the console
 runs=0
