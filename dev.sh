@@ -5,12 +5,25 @@
 #   ./dev.sh test  [ARGS...]   set up (system packages, venv), then lint, type-check and run every test tier
 #   ./dev.sh setup             set up only
 #
-# Environment: VENV (default .venv), PYTHON (default python3, must be >= 3.11),
+# Environment: VENV (default .venv; with CI=true a venv kept in $IRONWORKS_VENV_CACHE, see below),
+# PYTHON (default python3, must be >= 3.11),
 # IRONWORKS_TEST_PG_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/test).
 set -euo pipefail
 cd "$(dirname "$0")"
-VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
+# The files whose change means "install the dependencies again".
+DEPS_FILES=(pyproject.toml examples/vendor_manager/pyproject.toml)
+if [ -z "${VENV:-}" ]; then
+    if [ "${CI:-}" = true ]; then
+        # CI runs in a fresh clone each time: its venv lives outside the clone, keyed by the dependency
+        # files, so a clone reuses dependencies already installed for the same files (and an outage of
+        # the package registry cannot fail a run whose dependencies did not change). Changed files get a
+        # new venv, installed from scratch. The project itself is installed from this tree every run.
+        VENV=${IRONWORKS_VENV_CACHE:-/var/cache/ironworks-tests/venvs}/$(cat "${DEPS_FILES[@]}" | sha256sum | cut -c1-16)
+    else
+        VENV=.venv
+    fi
+fi
 
 # Debian packages the test tiers need (none of them for the plain service).
 SYSTEM_PACKAGES=(postgresql-client ipmitool
@@ -52,19 +65,42 @@ venv() {
         log "$PYTHON is $("$PYTHON" --version 2>&1); Ironworks needs Python 3.11 or newer (set PYTHON=)"; exit 1
     fi
     [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
-    # reinstall only when the project's dependencies changed
+    [ "$VENV" = .venv ] || ln -sfn "$VENV" .venv  # `.venv/bin/...` works in every checkout
+    # reinstall the dependencies only when the files that name them changed
     local stamp="$VENV/.ironworks-installed$extra" want
-    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    want=$(cat "${DEPS_FILES[@]}" | sha256sum | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        log "installing Ironworks${extra:+ with $extra} into $VENV"
-        "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v WARNING || true
-        "$VENV/bin/python" -m pip install -q -e ".${extra}" 2>&1 | grep -v -e WARNING -e '^\s*$' || true
-        "$VENV/bin/python" -c 'import ironworks' || { log "installation failed"; exit 1; }
+        log "installing Ironworks${extra:+ with $extra} and its dependencies into $VENV"
+        pip_quiet install -q --upgrade pip || true  # an older pip still works
+        pip_quiet install -q -e ".${extra}" || {
+            log "installing the dependencies failed (pip's messages above): is the package registry reachable?"
+            exit 1
+        }
         if [ -n "$extra" ]; then  # the tests run the real agent with the example vendor hardware manager
-            "$VENV/bin/python" -m pip install -q -e examples/vendor_manager 2>&1 | grep -v -e WARNING -e '^\s*$' || true
+            pip_quiet install -q -e examples/vendor_manager || { log "installing examples/vendor_manager failed"; exit 1; }
         fi
         echo "$want" > "$stamp"
     fi
+    # the project (and the example) from THIS tree: a venv kept for CI was installed from another clone
+    if [ "$(cat "$VENV/.ironworks-source" 2>/dev/null)" != "$PWD" ]; then
+        pip_quiet install -q --no-deps -e . || { log "installing Ironworks from $PWD failed"; exit 1; }
+        if [ -n "$extra" ]; then
+            pip_quiet install -q --no-deps -e examples/vendor_manager ||
+                { log "installing examples/vendor_manager from $PWD failed"; exit 1; }
+        fi
+        echo "$PWD" > "$VENV/.ironworks-source"
+    fi
+    # -P: not from the current directory, so the check imports the installed package, not ./ironworks
+    "$VENV/bin/python" -P -c 'import ironworks, sushy, fastapi' ||
+        { log "the venv $VENV cannot import Ironworks or its dependencies"; exit 1; }
+}
+
+pip_quiet() {
+    # pip without its warnings and blank lines, keeping pip's own exit status
+    local out rc=0
+    out=$("$VENV/bin/python" -m pip "$@" 2>&1) || rc=$?
+    printf '%s\n' "$out" | grep -v -e WARNING -e '^\s*$' >&2 || true
+    return "$rc"
 }
 
 postgres_up() {
