@@ -162,6 +162,39 @@ class PetitbootConfig:
 
 
 @dataclass(slots=True)
+class ImagesConfig:
+    """``[images]``: the image cache every boot and deploy path shares, and the disk budget (issue 6)."""
+
+    #: master copies of downloaded images; "" = ``<state_dir>/images``
+    cache_dir: str = ""
+    #: size cap of the cache in bytes (masters no node uses are evicted, least recently used first); 0 = no cap
+    max_cache_bytes: int = 20 << 30
+    #: a master unused this many seconds is evicted; 0 = no age limit
+    max_age: float = 7 * 24 * 3600.0
+    #: directories ``file://`` sources (and absolute paths) may name; [] = none: local files are refused
+    allowed_file_dirs: list[str] = field(default_factory=list)
+    #: bytes the cache plus every per-node file (remastered ISOs, published copies) may use together;
+    #: a deploy that would exceed it is refused before the node moves; 0 = no budget
+    disk_budget_bytes: int = 0
+    #: seconds an image download may stall (connect, or between two reads)
+    download_timeout: float = 60.0
+    #: attempts of a download that fails on a connection error
+    download_attempts: int = 3
+
+
+@dataclass(slots=True)
+class VmediaConfig:
+    """``[vmedia]``: virtual media boot (``redfish-virtual-media``) and ``ramdisk`` deploys of ISOs (issue 6)."""
+
+    #: where published ISOs go: a subdirectory of ``[netboot] http_root`` served at ``<http_url>/<dir>/``
+    publish_subdir: str = "vmedia"
+    #: operator extras appended to the kernel command line of every deploy ISO
+    kernel_append_params: str = "console=ttyS0,115200n8"
+    #: Redfish virtual media device used for ISOs (``cd``)
+    device: str = "cd"
+
+
+@dataclass(slots=True)
 class Config:
     """Everything Ironworks reads from outside, in one object."""
 
@@ -174,6 +207,8 @@ class Config:
     dhcp: DhcpConfig = field(default_factory=DhcpConfig)
     netboot: NetbootConfig = field(default_factory=NetbootConfig)
     petitboot: PetitbootConfig = field(default_factory=PetitbootConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    vmedia: VmediaConfig = field(default_factory=VmediaConfig)
 
     @property
     def state_path(self) -> Path:
@@ -203,6 +238,8 @@ _SECTIONS = {
     "dhcp": DhcpConfig,
     "netboot": NetbootConfig,
     "petitboot": PetitbootConfig,
+    "images": ImagesConfig,
+    "vmedia": VmediaConfig,
 }
 
 
