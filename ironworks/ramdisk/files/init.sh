@@ -52,14 +52,21 @@ for m in sd_mod sr_mod sg loop isofs vfat nls_cp437 nls_iso8859_1 ipmi_devintf i
 done
 say "modules loaded: $(cut -d' ' -f1 /proc/modules | sort | tr '\n' ' ')"
 
-# ---- network: every interface (any name), DHCP on each; udhcpc keeps running to renew its lease
+# ---- network: static addresses first, from a config drive's or the virtual CD's
+# openstack/latest/network_data.json (booted from virtual media there may be no DHCP server);
+# netconfig prints the NICs it configured. Every other interface (any name) gets DHCP; udhcpc keeps
+# running to renew its lease.
 ip link set lo up
+STATIC_NICS=" $(python3 -m ironworks.agent.netconfig </dev/null | tr '\n' ' ') "
 NICS=""
 for dev in /sys/class/net/*; do
     nic=${dev##*/}
     [ "$nic" = lo ] && continue
     [ -e "$dev/device" ] || [ -e "$dev/phy80211" ] || continue  # physical interfaces only
     NICS="$NICS $nic"
+    case "$STATIC_NICS" in
+        *" $nic "*) say "interface $nic ($(cat "$dev/address")) has a static address: no DHCP on it"; continue ;;
+    esac
     ip link set "$nic" up
     say "interface $nic ($(cat "$dev/address")) up, starting DHCP"
     udhcpc -i "$nic" -f -S -t 20 -T 3 -A 10 -x hostname:ironworks-ramdisk \
