@@ -3,7 +3,8 @@
 An image streams from HTTP straight onto the device in three overlapping stages (the calling thread
 reads the body into a buffer, a second thread hashes it, a third writes it with ``O_DIRECT``), through
 a small fixed pool of page-aligned buffers, so memory stays a few tens of MiB whatever the image size.
-A raw image is written as it comes; a qcow2 image is decoded on the way (``ironworks.agent.qcow2``)
+A raw image is written as it comes, except that whole MiBs of zeros are zeroed on the device
+(BLKZEROOUT) instead of written; a qcow2 image is decoded on the way (``ironworks.agent.qcow2``)
 and only its data lands on the disk, the rest of the device up to the image's virtual size is zeroed.
 A qcow2 image using a feature the decoder leaves to ``qemu-img`` (zstd compression, subclusters, ...)
 is downloaded (and hashed) to a temporary file instead and converted with ``qemu-img`` once its hash
@@ -272,7 +273,7 @@ def _write_raw(
 ) -> tuple[int, str]:
     writer = DeviceWriter(device, on_write=mark)
     try:
-        written, digest = fetch(urls, writer.write, algo=algo, progress=progress, **opts)
+        written, digest = fetch(urls, writer.write_sparse, algo=algo, progress=progress, **opts)
         writer.sync()
     finally:
         writer.close()

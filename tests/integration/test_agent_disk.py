@@ -136,6 +136,42 @@ def test_raw_image_written_byte_for_byte(make_loop: Callable[[int], str], http_r
     assert calls[-1] == (len(data), len(data))
 
 
+def test_raw_image_zero_ranges_read_back_as_zeros_over_old_data(
+    make_loop: Callable[[int], str], http_root: Any
+) -> None:
+    """Whole MiBs of zeros are zeroed (BLKZEROOUT), not written: what the disk held before must not show."""
+    url, root, _ = http_root
+    dev = make_loop(64)
+    with open(dev, "r+b") as f:  # an earlier tenant's data everywhere
+        f.write(b"\xa5" * (40 * MIB))
+        os.fsync(f.fileno())
+    zeros = bytes(MIB)
+    # data, zeros across a chunk boundary, data ending with a zero byte, 1 MiB + a few zeros, an odd tail
+    data = (
+        _random(3 * MIB)
+        + zeros * 9
+        + _random(MIB - 1)
+        + b"\0"
+        + zeros
+        + bytes(100)
+        + _random(5 * MIB)
+        + zeros * 4
+        + bytes(4321)
+    )
+    (root / "sparse.raw").write_bytes(data)
+    info = {
+        "id": "img",
+        "urls": [f"{url}/sparse.raw"],
+        "disk_format": "raw",
+        "os_hash_algo": "sha256",
+        "os_hash_value": hashlib.sha256(data).hexdigest(),
+    }
+    result = image.write_image(info, dev, progress=lambda d, t: None, allowlist=[dev])
+    assert result["bytes_written"] == len(data)
+    assert _read(dev, len(data)) == data
+    assert _read(dev, MIB, len(data)) == b"\xa5" * MIB  # nothing past the image was touched
+
+
 def test_raw_download_resumes_with_range_after_a_broken_connection(
     make_loop: Callable[[int], str], http_root: Any
 ) -> None:
