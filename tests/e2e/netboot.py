@@ -32,7 +32,18 @@ from tests.lab.service import IronworksInLab
 FLOW_BOUND_S = 900.0
 BOOT_BOUND_S = 600.0
 #: the conductor settings of the tests: poll the agent's running command every 0.5 s (default 2 s)
-SERVER_ENV = {"IRONWORKS_CONDUCTOR_AGENT_POLL_INTERVAL": "0.5"}
+SERVER_ENV = {
+    "IRONWORKS_CONDUCTOR_AGENT_POLL_INTERVAL": "0.5",
+    # deploy kernels/ramdisks are local files of the ramdisk build cache (or IRONWORKS_E2E_RAMDISK)
+    "IRONWORKS_IMAGES_ALLOWED_FILE_DIRS": ",".join(
+        d
+        for d in (
+            os.environ.get("IRONWORKS_TEST_RAMDISK_CACHE", "/var/cache/ironworks-tests/ramdisk"),
+            os.environ.get("IRONWORKS_E2E_RAMDISK", ""),
+        )
+        if d
+    ),
+}
 INSTANCE_LINE = r"IRONWORKS-E2E-INSTANCE image=(?P<image>\S+) firmware=(?P<firmware>\S+) kernel=(?P<kernel>\S+)"
 CONFIGDRIVE_LINE = r"IRONWORKS-E2E-CONFIGDRIVE (?P<result>[^\r\n]*)"
 

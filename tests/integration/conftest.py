@@ -126,7 +126,9 @@ def start_server(base_dir: Path, *, env: Mapping[str, str] | None = None) -> Iro
     """Start ``ironworks serve`` with its state under ``base_dir``; fail the test if it never answers."""
     exe = ironworks_executable()
     base_dir.mkdir(parents=True, exist_ok=True)
-    environ = {**_clean_environ(), **(env or {})}
+    # the tests' images live under pytest's base temp: let ``file://`` deploy kernels/ramdisks come from there
+    allowed = {"IRONWORKS_IMAGES_ALLOWED_FILE_DIRS": str(base_dir.parent)}
+    environ = {**_clean_environ(), **allowed, **(env or {})}
     for attempt in range(1, START_ATTEMPTS + 1):
         state_dir = base_dir / f"state-{attempt}"
         log_path = base_dir / f"server-{attempt}.log"

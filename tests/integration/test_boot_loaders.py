@@ -78,7 +78,15 @@ def render_for_guest(tmp_path: Path, kernel: Path, cls: str, mode: str, *, local
     """Write the node's boot files for the guest's MAC with the real interface; the state dir."""
     state = tmp_path / "state"
     (tmp_path / "junk.initrd").write_bytes(b"\0" * 4096)
-    config = load_config(None, environ={}, overrides={"": {"state_dir": str(state)}, "api": {"public_url": GUEST_API}})
+    config = load_config(
+        None,
+        environ={},
+        overrides={
+            "": {"state_dir": str(state)},
+            "api": {"public_url": GUEST_API},
+            "images": {"allowed_file_dirs": [str(tmp_path), str(kernel.parent)]},
+        },
+    )
     boot: Any = {"pxe": PxeBoot, "ipxe": IpxeBoot}[cls](config)
     boot.dhcp = NoDhcp()  # the guest's DHCP is QEMU's; the options are checked by the tests above
     node = NodeView(

@@ -9,12 +9,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from ironworks.config import Config, load_config
@@ -108,7 +106,11 @@ def config(tmp_path: Path) -> Config:
     return load_config(
         None,
         environ={},
-        overrides={"": {"state_dir": str(tmp_path / "state")}, "api": {"public_url": API}},
+        overrides={
+            "": {"state_dir": str(tmp_path / "state")},
+            "api": {"public_url": API},
+            "images": {"allowed_file_dirs": [str(tmp_path)]},
+        },
     )
 
 
@@ -363,8 +365,8 @@ def test_dhcp_failure_leaves_nothing_behind(config: Config, images: dict[str, Pa
 def test_unreadable_image_and_bad_checksum_fail_cleanly(config: Config, images: dict[str, Path]) -> None:
     boot, dhcp = make(PxeBoot, config)
     task = make_task(images)
-    task.node.driver_info["deploy_kernel"] = "/nonexistent/kernel"
-    with pytest.raises(ImageError, match="/nonexistent/kernel"):
+    task.node.driver_info["deploy_kernel"] = str(images["kernel"].with_name("nonexistent-kernel"))
+    with pytest.raises(ImageError, match="nonexistent-kernel"):
         boot.prepare_ramdisk(task, params=PARAMS)
     assert MAC in dhcp.ignored and dhcp.options == {}
     task = make_task(images, deploy_ramdisk_checksum="sha256:" + "0" * 64)
@@ -404,18 +406,12 @@ def test_operator_template_override(config: Config, images: dict[str, Path], tmp
         boot.prepare_ramdisk(make_task(images), params=PARAMS)
 
 
-def test_image_cache_fetches_once_and_refetches_a_changed_local_file(tmp_path: Path) -> None:
-    src = tmp_path / "k"
-    src.write_bytes(b"one")
-    cache = ImageCache(tmp_path / "images")
-    first = cache.fetch(str(src))
-    ino = first.stat().st_ino
-    assert cache.fetch(f"file://{src}").read_bytes() == b"one"
-    assert cache.fetch(str(src)).stat().st_ino == ino  # not copied again
-    src.write_bytes(b"two!")
-    assert cache.fetch(str(src)).read_bytes() == b"two!"
-    with pytest.raises(InvalidInput, match="ftp://"):
-        cache.fetch("ftp://example.invalid/k")
+def test_validate_refuses_a_local_image_outside_the_allowed_dirs(config: Config, images: dict[str, Path]) -> None:
+    boot, _ = make(PxeBoot, config)
+    task = make_task(images)
+    task.node.driver_info["deploy_ramdisk"] = str(images["ramdisk"].parent / ".." / ".." / "elsewhere" / "initrd")
+    with pytest.raises(ValidationError, match=r"driver_info/deploy_ramdisk: .*outside \[images\] allowed_file_dirs"):
+        boot.validate(task)
 
 
 def test_validate_checks_the_loader_files(config: Config, images: dict[str, Path]) -> None:
@@ -440,41 +436,6 @@ def test_images_on_another_file_system_are_copied_with_a_warning(
     assert (roots(config)[0] / UUID / "deploy_kernel").read_bytes() == images["kernel"].read_bytes()
     warnings = [m for s, m in task.events if s == "WARNING"]
     assert len(warnings) == 2 and "different file systems" in warnings[0]
-
-
-def test_concurrent_fetches_share_one_download(tmp_path: Path) -> None:
-    calls: list[str] = []
-    gate = threading.Event()
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(str(request.url))
-        gate.wait(5)
-        return httpx.Response(200, content=b"ramdisk-bytes")
-
-    cache = ImageCache(tmp_path / "images", transport=httpx.MockTransport(handler))
-    url = "http://files.example/agent.initramfs"
-    results: list[bytes] = []
-
-    def fetch() -> None:
-        results.append(cache.fetch(url, expected="sha256:" + hashlib.sha256(b"ramdisk-bytes").hexdigest()).read_bytes())
-
-    threads = [threading.Thread(target=fetch) for _ in range(4)]
-    for t in threads:
-        t.start()
-    gate.set()
-    for t in threads:
-        t.join()
-    assert results == [b"ramdisk-bytes"] * 4 and calls == [url]
-    assert [p.name for p in cache.master_dir.iterdir() if p.name.endswith(".part")] == []
-
-
-def test_a_failed_download_names_the_url_without_its_credentials(tmp_path: Path) -> None:
-    cache = ImageCache(tmp_path / "images", transport=httpx.MockTransport(lambda r: httpx.Response(404)))
-    with pytest.raises(ImageError) as exc:
-        cache.fetch("http://user:pa55@files.example/k?sig=abc")
-    assert "HTTP 404" in exc.value.message and "http://files.example/k" in exc.value.message
-    assert "pa55" not in exc.value.message and "sig=abc" not in exc.value.message
-    assert list(cache.master_dir.glob("*.part")) == [] and not cache.master_path("http://x").exists()
 
 
 def test_a_bmc_that_cannot_set_the_boot_device_leaves_nothing_behind(config: Config, images: dict[str, Path]) -> None:
