@@ -204,7 +204,7 @@ class NetbootInterface(BootInterface):
 
     def _image_cache(self) -> ImageCache:
         if self._cache is None:
-            self._cache = ImageCache(self._config().state_path / "images")
+            self._cache = ImageCache.from_config(self._config())
         return self._cache
 
     def _macs(self, task: Task) -> list[str]:
@@ -233,6 +233,8 @@ class NetbootInterface(BootInterface):
                 )
             try:
                 local = local_path(value)
+                if local is not None and local.is_absolute():
+                    self._image_cache().check_source(value)  # [images] allowed_file_dirs, before the node moves
             except IronworksError as exc:
                 raise ValidationError(f"driver_info/{key}: {exc.message}") from exc
             if local is not None and not local.is_absolute():
