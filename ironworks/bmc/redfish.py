@@ -265,9 +265,16 @@ class RedfishClient:
         """Poll a task monitor once."""
         return self._run(ep, operation, lambda root, _: res.task_status(root, monitor_uri), system=False)
 
-    def insert_media(self, ep: RedfishEndpoint, url: str, *, device: str = "cd") -> None:
-        """Insert the image at ``url`` into the virtual ``device`` (``cd``, ``usb`` or ``floppy``)."""
-        op = f"inserting {url} into the virtual {device}"
+    def virtual_media_kinds(self, ep: RedfishEndpoint, *, operation: str = "reading the virtual media") -> list[str]:
+        """The virtual media devices the BMC offers (``cd``, ``usb``, ``floppy``); [] when it has none."""
+        return self._run(ep, operation, lambda root, system: res.virtual_media_kinds(system))
+
+    def insert_media(self, ep: RedfishEndpoint, url: str, *, device: str = "cd", shown_url: str | None = None) -> None:
+        """Insert the image at ``url`` into the virtual ``device`` (``cd``, ``usb`` or ``floppy``).
+
+        ``shown_url`` is what error messages name instead of ``url`` (whose file name may be a secret).
+        """
+        op = f"inserting {shown_url or url} into the virtual {device}"
         self._run(ep, op, lambda root, system: res.insert_media(system, url, device))
 
     def eject_media(self, ep: RedfishEndpoint, *, device: str = "cd") -> None:

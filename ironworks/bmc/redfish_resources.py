@@ -208,6 +208,20 @@ def virtual_media(system: Any, device: str) -> Any:
     raise sx.MissingAttributeError(attribute=f"VirtualMedia of type {device}", resource=system.path)
 
 
+def virtual_media_kinds(system: Any) -> list[str]:
+    """The virtual media devices the BMC offers for the system (``cd``, ``usb``, ``floppy``); [] for none."""
+    sx = sushy_module().exceptions
+    try:
+        collections = [system.virtual_media]
+    except sx.MissingAttributeError:  # the manager's collection on BMCs before Redfish 2021.2
+        collections = [m.virtual_media for m in (optional(lambda: system.managers) or [])]
+    types: set[str] = set()
+    for coll in collections:
+        for vm in optional(coll.get_members) or []:
+            types |= {value(t) or "" for t in vm.media_types or ()}
+    return [kind for kind, wanted in _MEDIA_TYPES.items() if wanted & types]
+
+
 def insert_media(system: Any, url: str, device: str) -> None:
     """Insert ``url`` (ejecting another image first; nothing to do when it is already in)."""
     vm = virtual_media(system, device)

@@ -359,7 +359,7 @@ class FakeHardware(HardwareType):
         "power": ["fake"],
         "management": ["fake"],
         "boot": ["fake", "ipxe", "pxe", "petitboot"],
-        "deploy": ["fake", "agent"],
+        "deploy": ["fake", "agent", "ramdisk"],
         "inspect": ["fake", "agent", "no-inspect"],
         "firmware": ["fake", "no-firmware"],
         "bios": ["fake", "no-bios", "agent"],

@@ -308,7 +308,7 @@ class IpmiHardware(HardwareType):
         "power": ["ipmitool"],
         "management": ["ipmitool"],
         "boot": ["ipxe", "pxe", "petitboot", "fake"],
-        "deploy": ["fake", "agent"],
+        "deploy": ["fake", "agent", "ramdisk"],
         "inspect": ["no-inspect", "agent"],
         "bios": ["no-bios", "agent"],
         "firmware": ["no-firmware"],

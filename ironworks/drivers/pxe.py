@@ -104,13 +104,36 @@ class NetbootInterface(BootInterface):
                 lay.check_loader(loader)
             except lay.BootFilesError as exc:
                 raise ValidationError(exc.message) from exc
+        deploy = "agent"
         with contextlib.suppress(Exception):  # the deploy interface may not be resolvable here
-            if getattr(task.interface("deploy"), "name", "agent") == "fake":
-                return
-        self._sources(task)
+            deploy = getattr(task.interface("deploy"), "name", "agent")
+        if deploy == "fake":
+            return
+        self._sources(task, instance=deploy == "ramdisk")  # a ramdisk deploy boots the instance's kernel
 
     def prepare_ramdisk(self, task: Task, *, params: dict[str, Any] | None = None) -> None:
         """Write the ramdisk boot (files, links, DHCP); on any failure remove it all again."""
+        config = self._config()
+        node = task.node
+        extras = [
+            ("[netboot] kernel_append_params", config.netboot.kernel_append_params),
+            ("driver_info/kernel_append_params", node.driver_info.get("kernel_append_params") or ""),
+            ("instance_info/kernel_append_params", node.instance_info.get("kernel_append_params") or ""),
+        ]
+        mode = self._write_boot(task, params, extras, self._sources(task), persistent=False)
+        node.driver_internal_info[STATE_KEY] = "ramdisk"
+        task.record(f"Network boot ({self.name}, {mode}) prepared for the ramdisk on {', '.join(self._macs(task))}")
+
+    def _write_boot(
+        self,
+        task: Task,
+        params: dict[str, Any] | None,
+        extras: list[tuple[str, str]],
+        sources: tuple[tuple[str, str | None], tuple[str, str | None]],
+        *,
+        persistent: bool,
+    ) -> str:
+        """Boot files, links and DHCP booting ``sources`` (kernel, ramdisk), then boot the network; the mode."""
         config = self._config()
         macs = self._macs(task)
         mode = boot_mode(task, config.netboot.default_boot_mode)
@@ -119,15 +142,8 @@ class NetbootInterface(BootInterface):
         if problem:
             raise ValidationError(problem)
         node = task.node
-        tokens = kernel_params(
-            params,
-            [
-                ("[netboot] kernel_append_params", config.netboot.kernel_append_params),
-                ("driver_info/kernel_append_params", node.driver_info.get("kernel_append_params") or ""),
-                ("instance_info/kernel_append_params", node.instance_info.get("kernel_append_params") or ""),
-            ],
-        )
-        (kernel_src, kernel_sum), (ramdisk_src, ramdisk_sum) = self._sources(task)
+        tokens = kernel_params(params, extras)
+        (kernel_src, kernel_sum), (ramdisk_src, ramdisk_sum) = sources
         try:
             lay.remove_node(layout, node.uuid)
             self.place_loaders(layout, mode)
@@ -144,9 +160,10 @@ class NetbootInterface(BootInterface):
                 node.uuid, macs, self.dhcp_options(task, layout, boot="deploy", mode=mode)
             )
             # the deploy left the boot device on disk (persistent); this one boot goes to the network
+            # (a ramdisk deploy's instance boots from the network every time: persistent)
             mgmt = task.interface("management")
             if isinstance(mgmt, ManagementInterface):
-                mgmt.set_boot_device(task, BootDevice.PXE, persistent=False)
+                mgmt.set_boot_device(task, BootDevice.PXE, persistent=persistent)
         except BaseException as exc:
             self._remove_all(task, layout)
             if isinstance(exc, OSError):
@@ -155,8 +172,7 @@ class NetbootInterface(BootInterface):
                     "Check that the [netboot] tftp_root and http_root are writable; nothing was left behind."
                 ) from exc
             raise
-        node.driver_internal_info[STATE_KEY] = "ramdisk"
-        task.record(f"Network boot ({self.name}, {mode}) prepared for the ramdisk on {', '.join(macs)}")
+        return mode
 
     def clean_up_ramdisk(self, task: Task) -> None:
         """Remove the ramdisk boot; a local-boot config written since (``prepare_instance``) stays."""
@@ -165,7 +181,20 @@ class NetbootInterface(BootInterface):
         self._remove_all(task, self._layout(), strict=True)
 
     def prepare_instance(self, task: Task) -> None:
-        """Write the local-boot config (and keep the DHCP options), so a PXE boot boots the disk."""
+        """Write the local-boot config (and keep the DHCP options), so a PXE boot boots the disk.
+
+        A ``ramdisk`` deploy's instance is ``instance_info/kernel`` + ``ramdisk``: written as the boot
+        instead, booted from the network every time.
+        """
+        if getattr(task.interface("deploy"), "name", None) == "ramdisk":
+            extras = [
+                ("[netboot] kernel_append_params", self._config().netboot.kernel_append_params),
+                ("instance_info/kernel_append_params", task.node.instance_info.get("kernel_append_params") or ""),
+            ]
+            mode = self._write_boot(task, None, extras, self._sources(task, instance=True), persistent=True)
+            task.node.driver_internal_info[STATE_KEY] = "instance"
+            task.record(f"Network boot ({self.name}, {mode}) prepared for the ramdisk instance")
+            return
         macs = [p.address.lower() for p in task.ports if p.pxe_enabled]
         layout = self._layout()
         lay.remove_node(layout, task.node.uuid)
@@ -217,14 +246,25 @@ class NetbootInterface(BootInterface):
             )
         return macs
 
-    def _sources(self, task: Task) -> tuple[tuple[str, str | None], tuple[str, str | None]]:
-        """``((kernel, checksum), (ramdisk, checksum))`` from driver_info (rescue_* when rescuing)."""
-        info = task.node.driver_info
+    def _sources(self, task: Task, *, instance: bool = False) -> tuple[tuple[str, str | None], tuple[str, str | None]]:
+        """``((kernel, checksum), (ramdisk, checksum))`` from driver_info (rescue_* when rescuing), or for
+        a ramdisk deploy's instance (``instance``) from instance_info/kernel and ramdisk."""
+        info = task.node.instance_info if instance else task.node.driver_info
+        where = "instance_info" if instance else "driver_info"
         rescuing = task.node.provision_state in RESCUE_STATES
         out: list[tuple[str, str | None]] = []
         for what in ("kernel", "ramdisk"):
-            key = f"rescue_{what}" if rescuing and info.get(f"rescue_{what}") else f"deploy_{what}"
+            if instance:
+                key = what
+            else:
+                key = f"rescue_{what}" if rescuing and info.get(f"rescue_{what}") else f"deploy_{what}"
             value = info.get(key)
+            if instance and (not value or not isinstance(value, str)):
+                raise ValidationError(
+                    f"instance_info/{key} is missing: a ramdisk deploy with the {self.name} boot interface boots "
+                    f"instance_info/kernel and ramdisk. Set it with `baremetal node set {task.node.uuid} "
+                    f"--instance-info {key}=<URL>` (or use boot_iso with redfish-virtual-media)."
+                )
             if not value or not isinstance(value, str):
                 raise ValidationError(
                     f"driver_info/{key} is missing: the {self.name} boot interface needs the agent ramdisk's "
@@ -236,9 +276,9 @@ class NetbootInterface(BootInterface):
                 if local is not None and local.is_absolute():
                     self._image_cache().check_source(value)  # [images] allowed_file_dirs, before the node moves
             except IronworksError as exc:
-                raise ValidationError(f"driver_info/{key}: {exc.message}") from exc
+                raise ValidationError(f"{where}/{key}: {exc.message}") from exc
             if local is not None and not local.is_absolute():
-                raise ValidationError(f"driver_info/{key} must be an absolute path or a URL, not {value!r}.")
+                raise ValidationError(f"{where}/{key} must be an absolute path or a URL, not {value!r}.")
             checksum = info.get(f"{key}_checksum")
             out.append((value, str(checksum) if checksum else None))
         return out[0], out[1]

@@ -5,9 +5,8 @@ poll the BMC until it reports the target state (``poll_interval``, ``clock`` and
 injectable). The BIOS and firmware interfaces, whose work happens in steps that never sleep, are in
 ``redfish_steps``.
 
-Boot is network boot (``ipxe``, the default; ``pxe``; ``petitboot``; ``ironworks.drivers.pxe``) or
-``fake``; ``redfish-virtual-media`` comes with its issue (``RedfishClient.insert_media``/``eject_media``
-are ready for it).
+Boot is network boot (``ipxe``, the default; ``pxe``; ``petitboot``; ``ironworks.drivers.pxe``),
+``redfish-virtual-media`` (``ironworks.drivers.vmedia``: ISOs on the BMC's virtual CD) or ``fake``.
 """
 
 from __future__ import annotations
@@ -283,18 +282,18 @@ class RedfishInspect(RedfishBase, InspectInterface):
 
 
 class RedfishHardware(HardwareType):
-    """Machines whose BMC speaks Redfish; they network-boot (ipxe by default) until virtual media lands."""
+    """Machines whose BMC speaks Redfish; they network-boot (ipxe by default) or boot virtual media."""
 
     name = "redfish"
     supported = {
         "power": ["redfish"],
         "management": ["redfish"],
-        "boot": ["ipxe", "pxe", "petitboot", "fake"],
-        "deploy": ["fake", "agent"],
+        "boot": ["ipxe", "pxe", "petitboot", "redfish-virtual-media", "fake"],
+        "deploy": ["fake", "agent", "ramdisk"],
         "inspect": ["redfish", "agent", "no-inspect"],
         "firmware": ["redfish", "no-firmware"],
         "bios": ["redfish", "no-bios", "agent"],
         "raid": ["no-raid", "agent"],
         "console": ["no-console"],
-        "rescue": ["no-rescue"],
+        "rescue": ["no-rescue", "agent"],
     }

@@ -359,7 +359,7 @@ def test_driver_info_is_normalized(info: dict[str, Any], address: str, verify: b
 
 def test_redfish_hardware_and_its_properties() -> None:
     assert RedfishHardware.supported["power"] == ["redfish"]
-    assert RedfishHardware.supported["boot"] == ["ipxe", "pxe", "petitboot", "fake"]  # network boot, ipxe default
+    assert RedfishHardware.supported["boot"] == ["ipxe", "pxe", "petitboot", "redfish-virtual-media", "fake"]
     assert set(PROPERTIES) == {
         "redfish_address",
         "redfish_system_id",
