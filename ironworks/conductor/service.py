@@ -33,8 +33,11 @@ from ironworks.db.models import Conductor as ConductorRow
 from ironworks.drivers.base import PowerInterface
 from ironworks.drivers.registry import DriverFactory
 from ironworks.errors import NodeLocked
+from ironworks.images.cache import ImageCache
 
 LOG = logging.getLogger(__name__)
+#: seconds between image cache clean-ups ([images] max_age and max_cache_bytes; partial downloads)
+IMAGE_CACHE_CLEANUP_INTERVAL = 600.0
 S, E = states.State, states.Event
 
 _TIMEOUT_FIELDS = {
@@ -81,6 +84,7 @@ class ConductorService:
             ("heartbeat", self._heartbeat_loop),
             ("power-sync", self._power_sync_loop),
             ("timeouts", self._timeout_loop),
+            ("image-cache", self._image_cache_loop),
         ):
             t = threading.Thread(target=target, name=f"ironworks-{name}", daemon=True)
             t.start()
@@ -374,6 +378,14 @@ class ConductorService:
                     task.set(power_state=actual)
                     task.event("power", f"Power sync: node is {actual}, was recorded as {recorded}; recorded it")
             task.save()
+
+    # ---- image cache ------------------------------------------------------------------------
+    def _image_cache_loop(self) -> None:
+        while not self._stop.wait(IMAGE_CACHE_CLEANUP_INTERVAL):
+            try:
+                ImageCache.from_config(self.config).clean_up()
+            except Exception:
+                LOG.exception("image cache clean-up failed")
 
     # ---- wait-state timeouts -------------------------------------------------------------
     def _timeout_loop(self) -> None:
