@@ -332,6 +332,7 @@ def _patch_copy(src: Path, tmp: Path, layout: Layout, changes: list[tuple[_Confi
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
+            os.posix_fadvise(fd_in, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # as cp does: larger read-ahead
             _copy_range(fd_in, fd, layout.size)
             for cfg, new in changes:
                 assert cfg.record is not None
