@@ -273,16 +273,21 @@ def _edit_efi(src: Path, img: _EfiImage, params: Sequence[str], workdir: Path) -
     if not changes:
         return None
     local = workdir / f"efi-{img.lba}.img"
-    with src.open("rb") as s, local.open("wb") as d:
-        _copy_range(s.fileno(), d.fileno(), img.size, src_off=img.lba * SECTOR)
-    for n, (cfg, new) in enumerate(changes):
-        staged = workdir / f"efi-{img.lba}-{n}.cfg"
-        staged.write_bytes(new)
-        inner = cfg.path.split("::", 1)[1]
-        _mtools(["mcopy", "-o", "-i", str(local), str(staged), f"::/{inner}"], what=f"write {inner}")
-        staged.unlink()
-    if local.stat().st_size != img.size:
-        raise IsoError(f"Editing {img.name} changed its size; the ISO was left as it was.")
+    staged = workdir / f"efi-{img.lba}.cfg"
+    try:
+        with src.open("rb") as s, local.open("wb") as d:
+            _copy_range(s.fileno(), d.fileno(), img.size, src_off=img.lba * SECTOR)
+        for cfg, new in changes:
+            staged.write_bytes(new)
+            inner = cfg.path.split("::", 1)[1]
+            _mtools(["mcopy", "-o", "-i", str(local), str(staged), f"::/{inner}"], what=f"write {inner} (is it full?)")
+        if local.stat().st_size != img.size:
+            raise IsoError(f"Editing {img.name} changed its size; the ISO was left as it was.")
+    except BaseException:
+        local.unlink(missing_ok=True)
+        raise
+    finally:
+        staged.unlink(missing_ok=True)
     return local
 
 
@@ -294,11 +299,16 @@ def remaster(
     extra_files: Mapping[str, bytes] | None = None,
     workdir: Path,
 ) -> RemasterReport:
-    """Write ``dest``: ``src`` with ``params`` on every boot entry and ``extra_files`` added (atomically)."""
+    """Write ``dest`` (mode 0600): ``src`` with ``params`` on every boot entry and ``extra_files`` added.
+
+    ``dest`` appears complete or not at all; bad input raises ``IsoError`` before anything is written.
+    """
     tokens = check_params(list(params), where="the remaster parameters")
     extras = _check_extra(extra_files or {})
     if dest.resolve() == src.resolve():
         raise IsoError(f"The remastered ISO must be a new file, not the source {src} itself.")
+    if not dest.parent.is_dir():
+        raise IsoError(f"The directory {dest.parent} for the remastered ISO does not exist; create it first.")
     layout, configs, efis = _scan(src)
     workdir.mkdir(parents=True, exist_ok=True)
     changes = [(c, c.edited(tokens)) for c in configs]
@@ -315,7 +325,7 @@ def remaster(
         else:
             _xorriso_copy(src, tmp, layout, changes, extras, workdir)
         _write_efi(tmp, efi_edits)
-        os.chmod(tmp, src.stat().st_mode & 0o777)
+        os.chmod(tmp, 0o600)  # it carries the node's parameters, the agent token among them
         tmp.replace(dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -254,6 +254,7 @@ def test_hybrid_iso_remastered_in_place(tmp_path: Path, joliet: bool) -> None:
     dest = tmp_path / "out.iso"
     report = remaster(src, dest, PARAMS, workdir=tmp_path / "work")
     assert report.method == "in-place" and sorted(report.changed) == sorted(info.boot_configs)
+    assert dest.stat().st_mode & 0o777 == 0o600  # it holds the agent token
     raw_src, raw_dest = src.read_bytes(), dest.read_bytes()
     assert len(raw_src) == len(raw_dest)
     assert raw_src[:32768] == raw_dest[:32768] and raw_src[-65536:] == raw_dest[-65536:]  # MBR, GPT, descriptors
@@ -356,6 +357,8 @@ def test_bad_params_and_bad_extra_files_refused_before_writing(tmp_path: Path) -
         remaster(src, tmp_path / "out.iso", PARAMS, extra_files={"../etc/x": b""}, workdir=tmp_path / "w")
     with pytest.raises(IsoError, match="must be a new file"):
         remaster(src, src, PARAMS, workdir=tmp_path / "w")
+    with pytest.raises(IsoError, match="does not exist; create it first"):
+        remaster(src, tmp_path / "nodir/out.iso", PARAMS, workdir=tmp_path / "w")
     assert not (tmp_path / "out.iso").exists()
 
 
