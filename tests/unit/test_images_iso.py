@@ -376,3 +376,33 @@ def test_build_deploy_iso_with_network_data(tmp_path: Path) -> None:
     assert line in _pycdlib_read(dest, rr_path="/boot/grub/grub.cfg")
     with pytest.raises(IsoError, match="does not exist"):
         build_deploy_iso(tmp_path / "nope", tmp_path / "initrd", tmp_path / "d2.iso", PARAMS, workdir=tmp_path / "w")
+
+
+@pytest.mark.parametrize("extra", [False, True], ids=["in-place", "xorriso"])
+def test_efi_image_as_appended_gpt_partition(tmp_path: Path, extra: bool) -> None:
+    """Ubuntu's layout: the EFI image is an appended partition, in no directory; it is edited where it lies."""
+    root = tmp_path / "root"
+    (root / "boot/grub").mkdir(parents=True)
+    (root / "casper").mkdir()
+    (root / "casper/vmlinuz").write_bytes(os.urandom(50_000))
+    (root / "boot/grub/grub.cfg").write_bytes(b'menuentry "Try" {\n linux /casper/vmlinuz --- quiet splash\n}\n')
+    efi_cfg = b"search --file --set=root /casper/vmlinuz\nmenuentry x {\n  linux /casper/vmlinuz\n}\n"
+    _fat(tmp_path / "efi.img", {"EFI/BOOT/grub.cfg": efi_cfg})
+    src = tmp_path / "src.iso"
+    subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-R", "-J", "-o", str(src), "-append_partition", "2", "0xef",
+                    str(tmp_path / "efi.img"), "-appended_part_as_gpt", "-e", "--interval:appended_partition_2:all::",
+                    "-no-emul-boot", str(root)], check=True, capture_output=True)  # fmt: skip
+    hidden = "[EFI boot image at block 61]"
+    assert inspect_iso(src).boot_configs == ["boot/grub/grub.cfg", f"{hidden}::EFI/BOOT/grub.cfg"]
+    dest = tmp_path / "out.iso"
+    report = remaster(src, dest, ["a=1"], extra_files={"x.json": b"{}"} if extra else None, workdir=tmp_path / "w")
+    assert report.method == ("xorriso" if extra else "in-place")
+    lines = _el_torito(dest)
+    assert any("UEFI  y" in x for x in lines) and any("Appended2" in x for x in lines)
+    if not extra:
+        assert lines == _el_torito(src)
+    lba = int(next(x for x in lines if "UEFI  y" in x).split()[-1])
+    fat = subprocess.run(["mcopy", "-n", "-i", f"{dest}@@{lba * 2048}", "::/EFI/BOOT/grub.cfg", "-"],
+                         check=True, capture_output=True, env=MT_ENV).stdout  # fmt: skip
+    assert fat == bootcfg.grub_append(efi_cfg, ["a=1"])
+    assert b"linux /casper/vmlinuz a=1 --- quiet splash" in _pycdlib_read(dest, rr_path="/boot/grub/grub.cfg")
