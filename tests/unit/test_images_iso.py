@@ -176,7 +176,14 @@ def _fat(path: Path, files: dict[str, bytes]) -> None:
 
 
 def _make_iso(
-    tmp: Path, *, bios: bool, uefi: bool, joliet: bool = True, hybrid: bool = False, big: bytes | None = None
+    tmp: Path,
+    *,
+    bios: bool,
+    uefi: bool,
+    joliet: bool = True,
+    rock_ridge: bool = True,
+    hybrid: bool = False,
+    big: bytes | None = None,
 ) -> Path:
     root = tmp / "root"
     (root / "isolinux").mkdir(parents=True)
@@ -185,7 +192,9 @@ def _make_iso(
     (root / "install/vmlinuz").write_bytes(os.urandom(70_000))
     (root / "install/initrd.gz").write_bytes(os.urandom(30_000))
     (root / "README.txt").write_text("hello\n")
-    argv = ["xorriso", "-as", "mkisofs", "-quiet", "-o", str(tmp / "src.iso"), "-R", "-V", "TESTISO"]
+    argv = ["xorriso", "-as", "mkisofs", "-quiet", "-o", str(tmp / "src.iso"), "-V", "TESTISO"]
+    if rock_ridge:
+        argv.append("-R")
     if joliet:
         argv.append("-J")
     if bios:
@@ -244,9 +253,9 @@ def _pycdlib_read(iso: Path, **path: str) -> bytes:
         cd.close()
 
 
-@pytest.mark.parametrize("joliet", [True, False])
-def test_hybrid_iso_remastered_in_place(tmp_path: Path, joliet: bool) -> None:
-    src = _make_iso(tmp_path, bios=True, uefi=True, joliet=joliet, hybrid=True)
+@pytest.mark.parametrize(("joliet", "rock_ridge"), [(True, True), (False, True), (True, False), (False, False)])
+def test_hybrid_iso_remastered_in_place(tmp_path: Path, joliet: bool, rock_ridge: bool) -> None:
+    src = _make_iso(tmp_path, bios=True, uefi=True, joliet=joliet, rock_ridge=rock_ridge, hybrid=True)
     info = inspect_iso(src)
     assert info.bios and info.uefi and info.volume_id == "TESTISO"
     assert info.boot_configs == ["boot/grub/grub.cfg", "isolinux/isolinux.cfg", "isolinux/txt.cfg",
