@@ -27,17 +27,10 @@ copy, with a warning, across file systems).
   + downloads in flight may not exceed it; unused masters are evicted first, then the request is
   refused with ``DiskBudgetExceeded`` before anything is written.
 
-Errors, all ``ImageError`` (``reason`` in brackets)::
-
-    ImageError                  [image_unavailable]  an image could not be fetched into the cache
-    ├── ImageChecksumMismatch   [image_checksum_mismatch]  no master is kept; the next fetch downloads
-    ├── ImageUnreachable        [image_unreachable]  connection failed every attempt
-    ├── ImageHttpError          [image_http_error]  the origin answered an HTTP error (``status``)
-    ├── ImageDiskFull           [image_disk_full]  ENOSPC/EDQUOT/EFBIG; the partial file is removed
-    ├── ImageSourceNotAllowed   [image_source_not_allowed]  a local file outside allowed_file_dirs
-    └── DiskBudgetExceeded      [disk_budget_exceeded]  the budget cannot fit the request
-
-URLs appear in messages without credentials or query strings (a signed URL's query is a secret).
+Modules: the HTTP client is ``ironworks.images.download``, the budget's ledger
+``ironworks.images.budget``, the error tree (``ImageError`` and its subclasses, each with a
+``reason``; re-exported here) ``ironworks.images.errors``. URLs appear in messages without
+credentials or query strings (a signed URL's query is a secret).
 """
 
 from __future__ import annotations
@@ -62,64 +55,26 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from ironworks.errors import DriverError, InvalidInput
+from ironworks.errors import InvalidInput
 from ironworks.images.budget import DOWNLOAD, Ledger, Reservation
+from ironworks.images.download import CHUNK, DownloadOptions, download
+from ironworks.images.errors import (
+    DiskBudgetExceeded,
+    ImageChecksumMismatch,
+    ImageDiskFull,
+    ImageError,
+    ImageHttpError,
+    ImageSourceNotAllowed,
+    ImageUnreachable,
+    display,
+)
 
 LOG = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 #: checksum algorithms accepted in ``expected`` (``"<algo>:<hex>"``, or bare hex of these lengths)
 ALGORITHMS = {"sha256": 64, "sha512": 128}
-#: HTTP statuses worth another attempt (a proxy or origin that is briefly overloaded)
-RETRY_STATUSES = frozenset({502, 503, 504})
 _MASTER_NAME = re.compile(r"^[0-9a-f]{64}$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-class ImageError(DriverError):
-    """An image could not be fetched into the cache."""
-
-    reason = "image_unavailable"
-
-
-class ImageChecksumMismatch(ImageError):
-    """The fetched image does not have the checksum it was given."""
-
-    reason = "image_checksum_mismatch"
-
-
-class ImageUnreachable(ImageError):
-    """The origin could not be reached (refused, timed out, reset) on any attempt."""
-
-    reason = "image_unreachable"
-
-
-class ImageHttpError(ImageError):
-    """The origin answered with an HTTP error status."""
-
-    reason = "image_http_error"
-
-    def __init__(self, message: str, *, status: int, **context: Any) -> None:
-        super().__init__(message, status=status, **context)
-        self.status = status
-
-
-class ImageDiskFull(ImageError):
-    """The cache's file system ran out of space (or a file size limit was hit)."""
-
-    reason = "image_disk_full"
-
-
-class ImageSourceNotAllowed(ImageError):
-    """A local file outside ``[images] allowed_file_dirs``."""
-
-    reason = "image_source_not_allowed"
-
-
-class DiskBudgetExceeded(ImageError):
-    """Masters + reservations + the request would exceed ``[images] disk_budget_bytes``."""
-
-    reason = "disk_budget_exceeded"
 
 
 def parse_checksum(expected: str) -> tuple[str, str]:
@@ -148,7 +103,7 @@ def local_path(source: str) -> Path | None:
     if parts.scheme in ("http", "https") and parts.netloc:
         return None
     raise InvalidInput(
-        f"The image source {_display(source)!r} is not a URL Ironworks can fetch: use http://, https://, file:// or "
+        f"The image source {display(source)!r} is not a URL Ironworks can fetch: use http://, https://, file:// or "
         "an absolute path."
     )
 
@@ -209,6 +164,7 @@ class ImageCache:
         self.retry_delay = retry_delay
         self.transport = transport
         self.clock = clock
+        self._options = DownloadOptions(timeout, self.attempts, retry_delay, transport)
         self.ledger = Ledger(self.root / "budget.json")
         #: the announced size of each download in flight (by master name; its source lock is held)
         self._pending: dict[str, int] = {}
@@ -294,7 +250,7 @@ class ImageCache:
                 if have != digest:
                     self._discard(master)  # not trusted for anyone: the next fetch downloads again
                     raise ImageChecksumMismatch(
-                        f"The image {_display(source)} has {algo} {have}, not {digest} as its checksum says. "
+                        f"The image {display(source)} has {algo} {have}, not {digest} as its checksum says. "
                         "Check the checksum you gave, or replace the image at its source."
                     )
                 meta[algo] = have
@@ -490,7 +446,7 @@ class ImageCache:
         try:
             return self._store(source, None, master, want=want, owner=owner, old=meta)
         except ImageUnreachable as exc:
-            LOG.warning("image cache: using the cached %s: %s", _display(source), exc.message)
+            LOG.warning("image cache: using the cached %s: %s", display(source), exc.message)
             return meta
 
     def _store(
@@ -515,7 +471,14 @@ class ImageCache:
                     if local is not None:
                         got = self._copy_local(source, local, out, hashers, master=master, owner=owner)
                     else:
-                        got = self._download(source, out, hashers, master=master, owner=owner, old=old)
+                        got = download(
+                            source,
+                            out,
+                            hashers,
+                            options=self._options,
+                            admit=lambda size: self._admit(source, size, master=master, owner=owner),
+                            old=old,
+                        )
             except OSError as exc:  # reading the source is translated below; this is writing (or closing) the copy
                 if exc.errno not in _DISK_FULL:
                     raise
@@ -528,11 +491,11 @@ class ImageCache:
                 old["checked"] = self.clock()
                 return old
             headers = got
-            meta: dict[str, Any] = {"source": _display(source), **{a: h.hexdigest() for a, h in hashers.items()}}
+            meta: dict[str, Any] = {"source": display(source), **{a: h.hexdigest() for a, h in hashers.items()}}
             if want is not None and meta[want[0]] != want[1]:
                 self._discard(master)
                 raise ImageChecksumMismatch(
-                    f"The image {_display(source)} has {want[0]} {meta[want[0]]}, not {want[1]} as its checksum "
+                    f"The image {display(source)} has {want[0]} {meta[want[0]]}, not {want[1]} as its checksum "
                     "says; it was not kept. Check the checksum you gave, or replace the image at its source."
                 )
             os.chmod(tmp, 0o644)
@@ -562,15 +525,15 @@ class ImageCache:
             with self.ledger.locked() as entries:
                 key = DOWNLOAD + master.name
                 others = {k: r for k, r in entries.items() if k != key}
-                self._fit(others, size, who=owner or "The image cache", what=f"the image {_display(source)}")
-                entries[key] = Reservation(size, f"downloading {_display(source)}", os.getpid())
+                self._fit(others, size, who=owner or "The image cache", what=f"the image {display(source)}")
+                entries[key] = Reservation(size, f"downloading {display(source)}", os.getpid())
         if self.max_bytes > 0:
             self._evict(keep={master.name}, target=max(0, self.max_bytes - size))
             if size > self.max_bytes:
                 LOG.warning(
                     "image cache: %s (%s) alone is bigger than [images] max_cache_bytes (%s); storing it anyway, "
                     "as it is needed now",
-                    _display(source),
+                    display(source),
                     _size(size),
                     _size(self.max_bytes),
                 )
@@ -605,107 +568,10 @@ class ImageCache:
                     h.update(chunk)
         return {}
 
-    def _download(
-        self,
-        source: str,
-        out: Any,
-        hashers: dict[str, Any],
-        *,
-        master: Path,
-        owner: str | None,
-        old: dict[str, Any] | None,
-    ) -> dict[str, Any] | None:
-        """GET ``source`` into ``out``; the validators to keep, or None when the origin said 304."""
-        shown = _display(source)
-        conditional: dict[str, str] = {"Accept-Encoding": "identity"}
-        if old is not None:
-            if old.get("etag"):
-                conditional["If-None-Match"] = str(old["etag"])
-            if old.get("last_modified"):
-                conditional["If-Modified-Since"] = str(old["last_modified"])
-        written, resumable, validator, admitted = 0, False, "", False
-        timeout = httpx.Timeout(self.timeout)
-        with httpx.Client(timeout=timeout, transport=self.transport, follow_redirects=True) as client:
-            for attempt in range(1, self.attempts + 1):
-                headers = dict(conditional)
-                if written and resumable:
-                    headers = {"Accept-Encoding": "identity", "Range": f"bytes={written}-"}
-                    if validator:
-                        headers["If-Range"] = validator
-                try:
-                    with client.stream("GET", source, headers=headers) as resp:
-                        if resp.status_code == 304 and old is not None and not written:
-                            return None
-                        if resp.status_code == 206 and written and _range_start(resp) == written:
-                            pass  # resumed: append
-                        elif resp.status_code == 200:
-                            if written:  # the server sent it all again
-                                out.seek(0)
-                                out.truncate()
-                                written = 0
-                                for a in list(hashers):
-                                    hashers[a] = hashlib.new(a)
-                        elif resp.status_code in RETRY_STATUSES and attempt < self.attempts:
-                            LOG.warning("image cache: %s answered HTTP %d, retrying", shown, resp.status_code)
-                            time.sleep(self.retry_delay * attempt)
-                            continue
-                        else:
-                            raise ImageHttpError(
-                                f"Downloading the image {shown} failed: the server answered HTTP {resp.status_code}"
-                                f"{' ' + resp.reason_phrase if resp.reason_phrase else ''}. Check the URL and that "
-                                "the image is published there.",
-                                status=resp.status_code,
-                            )
-                        length = _content_length(resp)
-                        if not admitted:
-                            self._admit(source, length, master=master, owner=owner)
-                            admitted = True
-                        resumable = resp.headers.get("accept-ranges", "").lower() == "bytes"
-                        validator = resp.headers.get("etag", "") if not written else validator
-                        kept = {
-                            k: v
-                            for k, v in (
-                                ("etag", resp.headers.get("etag")),
-                                ("last_modified", resp.headers.get("last-modified")),
-                            )
-                            if v
-                        }
-                        for chunk in resp.iter_bytes(CHUNK):
-                            out.write(chunk)
-                            for h in hashers.values():
-                                h.update(chunk)
-                            written += len(chunk)
-                        out.flush()
-                        return kept
-                except httpx.TransportError as exc:
-                    detail = f"{type(exc).__name__}: {exc}".replace(source, shown)
-                    if attempt >= self.attempts:
-                        raise ImageUnreachable(
-                            f"Downloading the image {shown} failed after {self.attempts} attempt(s): {detail}. "
-                            "Check that the URL is reachable from the conductor ([images] download_attempts and "
-                            "download_timeout set how hard it tries).",
-                        ) from exc
-                    LOG.warning("image cache: %s: %s (attempt %d of %d)", shown, detail, attempt, self.attempts)
-                    time.sleep(self.retry_delay * attempt)
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
-
 
 def _thread_lock(path: str) -> threading.Lock:
     with _THREAD_LOCKS_GUARD:
         return _THREAD_LOCKS.setdefault(path, threading.Lock())
-
-
-def _content_length(resp: httpx.Response) -> int | None:
-    value = resp.headers.get("content-length")
-    if resp.status_code == 206:
-        total = resp.headers.get("content-range", "").rpartition("/")[2]
-        value = total if total.isdigit() else None
-    return int(value) if value and value.isdigit() else None
-
-
-def _range_start(resp: httpx.Response) -> int:
-    m = re.match(r"bytes (\d+)-", resp.headers.get("content-range", ""))
-    return int(m.group(1)) if m else -1
 
 
 def _disk_free(path: Path) -> int:
@@ -719,7 +585,7 @@ def _disk_free(path: Path) -> int:
 def _disk_full_message(source: str, where: Path, *, need: int, free: int, exc: OSError | None = None) -> str:
     why = f" ({exc.strerror})" if exc is not None else ""
     return (
-        f"The image {_display(source)} does not fit in the image cache {where}{why}: it needs {_size(need)} and "
+        f"The image {display(source)} does not fit in the image cache {where}{why}: it needs {_size(need)} and "
         f"{_size(free)} is free there; nothing was kept. Free space on that file system, lower [images] "
         "max_cache_bytes so unused images are evicted sooner, or set [images] cache_dir to a larger file system."
     )
@@ -748,11 +614,20 @@ def _hash_file(path: Path, algo: str) -> str:
     return h.hexdigest()
 
 
-def _display(source: str) -> str:
-    """The source without credentials or query (a signed URL's query can be a secret)."""
-    parts = urlsplit(source)
-    if parts.scheme in ("http", "https"):
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{host}{port}{parts.path}"
-    return source
+#: the public names, including the errors (defined in ironworks.images.errors)
+__all__ = [
+    "ALGORITHMS",
+    "CleanupResult",
+    "DiskBudgetExceeded",
+    "ImageCache",
+    "ImageChecksumMismatch",
+    "ImageDiskFull",
+    "ImageError",
+    "ImageHttpError",
+    "ImageSourceNotAllowed",
+    "ImageUnreachable",
+    "local_path",
+    "parse_checksum",
+]
+
+_display = display  # the older private name, for callers that used it
