@@ -11,8 +11,9 @@ the cache and hard-link it into a per-node directory, all at once:
 
 Round 2 publishes a new copy at the origin (new ETag) and, after the revalidation interval (the
 caches' clock is moved past ``revalidate_after``), deploys again. Target: bytes from the origin =
-exactly 1.00x the image in each round. Also reported: requests to the origin, wall time, and the disk
-the master and its node links take (1.00x: one inode).
+exactly 1.00x the image in each round. Also reported: requests to the origin, wall time of the N
+deploys next to one plain ``curl -o`` download of the image from the same origin in the same run,
+and the disk the masters and node links take.
 
     .venv/bin/python bench/image_cache_bench.py [--size-mib 256] [--deploys 10] [--runs 3]
                                                 [--mode threads|processes|both] [--json out.json]
@@ -29,6 +30,7 @@ import json
 import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -200,6 +202,13 @@ def one_run(mode: str, size: int, n: int, work: Path) -> dict[str, Any]:
     origin = Origin(image)
     out: dict[str, Any] = {}
     try:
+        # the reference: one plain download of the image to a file (what a single deploy costs at least)
+        t0 = time.perf_counter()
+        subprocess.run(["curl", "-sf", "-o", str(work / "curl.out"), origin.url], check=True)
+        out["curl_s"] = time.perf_counter() - t0
+        os.unlink(work / "curl.out")
+        with origin.lock:
+            origin.requests = origin.bytes_sent = 0
         root, nodes = work / "cache", work / "nodes"
         for rnd in (1, 2):
             if rnd == 2:
@@ -259,18 +268,19 @@ def main() -> int:
         f"\n{args.deploys} concurrent deploys of one {args.size_mib} MiB image, {args.runs} runs, medians "
         "(round 2: the origin's copy changed)\n"
     )
-    print("| mode | round | origin bytes / image | requests (304s) | wall | node links to the master |")
-    print("|---|---|---|---|---|---|")
+    print("| mode | round | origin bytes / image | requests (304s) | wall | one curl download | node links |")
+    print("|---|---|---|---|---|---|---|")
     summary: dict[str, Any] = {"size_mib": args.size_mib, "deploys": args.deploys, "runs": runs, "medians": {}}
     for mode in modes:
         summary["medians"][mode] = {}
         for rnd in ("round1", "round2"):
             vals = [run[rnd] for run in runs[mode]]
             med = {k: statistics.median(v[k] for v in vals) for k in vals[0]}
+            med["curl_s"] = statistics.median(run["curl_s"] for run in runs[mode])
             summary["medians"][mode][rnd] = med
             print(
                 f"| {mode} | {rnd[-1]} | {med['bytes_ratio']:.2f}x | {med['requests']:.0f} ({med['not_modified']:.0f})"
-                f" | {med['wall_s']:.2f} s | {med['links']:.0f} |"
+                f" | {med['wall_s']:.2f} s | {med['curl_s']:.2f} s | {med['links']:.0f} |"
             )
     for mode in modes:
         disk = statistics.median(run["disk_ratio"] for run in runs[mode])
