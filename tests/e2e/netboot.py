@@ -100,9 +100,7 @@ def agent_ramdisk() -> AgentRamdisk:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RamdiskUnavailable(f"`ironworks ramdisk build` exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     (tmp / "build-output.txt").write_text(f"{proc.stdout}\nwall time {time.monotonic() - started:.1f} s\n")
-    for old in (rb.CACHE / "builds").glob("*"):  # the builder's tests keep only the newest build too
-        if old != tmp:
-            shutil.rmtree(old, ignore_errors=True)
+    rb.prune_builds(rb.CACHE / "builds", keep=tmp)  # the builder's tests keep only the newest build too
     tmp.rename(out)
     return AgentRamdisk(out, reused=False)
 

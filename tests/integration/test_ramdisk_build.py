@@ -85,6 +85,18 @@ class Built:
         return self.out / "ironworks-agent.iso"
 
 
+def prune_builds(builds: Path, *, keep: Path) -> None:
+    """Remove every finished build but ``keep`` (only the newest is kept), and the half-done builds of
+    processes that are gone; another process's build in progress (``<key>.tmp-<pid>``) is left alone."""
+    for old in builds.glob("*"):
+        if old == keep:
+            continue
+        _, sep, pid = old.name.partition(".tmp-")
+        if sep and pid.isdigit() and Path(f"/proc/{pid}").exists():
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def built() -> Built:
     """The build of this tree's builder and agent (reused from the cache when its inputs are unchanged)."""
@@ -102,9 +114,7 @@ def built() -> Built:
             shutil.rmtree(tmp, ignore_errors=True)
             pytest.fail(f"ironworks ramdisk build failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         (tmp / "build-output.txt").write_text(f"{proc.stdout}\nwall time {time.monotonic() - started:.1f} s\n")
-        for old in (CACHE / "builds").glob("*"):  # only the newest build is kept
-            if old != tmp:
-                shutil.rmtree(old, ignore_errors=True)
+        prune_builds(CACHE / "builds", keep=tmp)
         tmp.rename(out)
         reused = False
     else:
