@@ -24,8 +24,8 @@ from ironworks.conductor import queue
 from ironworks.conductor import steps as stepslib
 from ironworks.conductor.task import TaskContext
 from ironworks.db.engine import DatabaseUnavailable
-from ironworks.db.models import Action, Node, NodeEvent, utcnow
-from ironworks.drivers.base import BootDevice, PowerState, ValidationError
+from ironworks.db.models import Action, Node, NodeEvent, Port, utcnow
+from ironworks.drivers.base import BootDevice, PortView, PowerState, ValidationError
 from ironworks.errors import Conflict, DriverError, InvalidInput, InvalidTransition, NodeLocked, error_class_for
 from ironworks.images import configdrive
 
@@ -117,6 +117,8 @@ def set_provision_state(request: Request, ident: str, body: ProvisionBody) -> Re
                     with_priority=kind == "deploy",
                     reported=stepslib.cached_agent_steps(node.driver_internal_info or {}, kind),
                 )
+            if kind == "deploy":
+                _validate_before_deploy(ctx, s, node)
         if event == E.RESCUE:
             info = dict(ctx.db.secrets.reveal(node.instance_info))
             info["rescue_password"] = args.pop("rescue_password")
@@ -159,6 +161,16 @@ def set_provision_state(request: Request, ident: str, body: ProvisionBody) -> Re
         node_uuid = node.uuid
     ctx.db.wake()
     return Response(status_code=202, headers=_location(request, ctx, node_uuid))
+
+
+def _validate_before_deploy(ctx: ApiContext, s: Any, node: Node) -> None:
+    """Validate the interfaces that ask for it (``validate_before_deploy``): a refusal changes nothing."""
+    rows = s.execute(select(Port).where(Port.node_id == node.id).order_by(Port.id)).scalars().all()
+    ports = [PortView(p.uuid, p.address, p.pxe_enabled) for p in rows]
+    task = TaskContext(ctx.db, ctx.drivers, node.id, conductor="api", preloaded=(node, ports))
+    for iface in task.driver.interfaces.values():
+        if iface.validate_before_deploy:
+            iface.validate(task)
 
 
 def _requested_interfaces(node: Node) -> dict[str, str | None]:

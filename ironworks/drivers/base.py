@@ -101,6 +101,9 @@ class Interface(abc.ABC):
     kind: ClassVar[str]
     #: implementation name (``fake``, ``redfish`` ...); set by each implementation
     name: ClassVar[str]
+    #: the API calls ``validate()`` before it moves a node into a deploy, so a refusal leaves the node
+    #: where it was (Ironic validates every interface there; here it is opt-in per implementation)
+    validate_before_deploy: ClassVar[bool] = False
 
     def __init__(self, config: Any = None) -> None:
         self.config = config

@@ -49,6 +49,7 @@ class RamdiskDeploy(DeployInterface):
     """Deploys a ramdisk instance: a user's ISO over virtual media, or kernel + ramdisk over the network."""
 
     name = "ramdisk"
+    validate_before_deploy = True
     properties: ClassVar[dict[str, str]] = {}
     instance_properties: ClassVar[dict[str, str]] = {
         "boot_iso": "URL (http, https, file) of the ISO to boot (redfish-virtual-media).",

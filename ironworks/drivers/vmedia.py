@@ -44,6 +44,7 @@ from ironworks.drivers.redfish import RedfishBase
 from ironworks.errors import ConfigError, DriverError, InvalidInput, IronworksError
 from ironworks.images import iso as isolib
 from ironworks.images.cache import ImageCache, local_path, parse_checksum
+from ironworks.images.errors import display
 from ironworks.netboot import layout as lay
 from ironworks.netboot.render import kernel_params
 
@@ -100,6 +101,7 @@ class VirtualMediaBoot(RedfishBase, BootInterface):
     """Boots the agent ramdisk or a user's ISO from the BMC's virtual CD, published over HTTP."""
 
     name = "redfish-virtual-media"
+    validate_before_deploy = True
     properties: ClassVar[dict[str, str]] = PROPERTIES
 
     def __init__(self, config: Any = None) -> None:
@@ -195,7 +197,13 @@ class VirtualMediaBoot(RedfishBase, BootInterface):
         name = self._new_name(node.uuid)
         try:
             master = cache.fetch(source, expected=checksum, owner=node.uuid)
-            isolib.inspect_iso(master)
+            try:
+                isolib.inspect_iso(master)
+            except IronworksError as exc:  # name the user's ISO, not the cache's file
+                shown = f"instance_info/boot_iso {display(source)}"
+                exc.message = exc.message.replace(str(master), shown).replace(master.name, shown)
+                exc.args = (exc.message,)
+                raise
             dest = self._publish_dir() / name
             if tokens:
                 cache.reserve(node.uuid, master.stat().st_size, what=f"the remastered boot ISO of node {node.uuid}")
@@ -227,7 +235,9 @@ class VirtualMediaBoot(RedfishBase, BootInterface):
             self._set_boot(task, BootDevice.DISK, persistent=True)
             return
         state = task.node.driver_internal_info.get(STATE_KEY)
-        if not (isinstance(state, dict) and state.get("state") in ("staged", "instance")):
+        if isinstance(state, dict) and state.get("state") in ("instance", "retired"):
+            return  # inserted already (the deploy step did it; the conductor asks again after the last step)
+        if not (isinstance(state, dict) and state.get("state") == "staged"):
             self.stage_instance(task)
             state = task.node.driver_internal_info[STATE_KEY]
         name = str(state["secret_name"])

@@ -70,6 +70,8 @@ def test_boot_iso_with_params_is_remastered_inserted_and_booted_persistently(lab
     assert task.power == ["power off", "power on"]
     assert lab.cache().usage()["reserved"][task.node.uuid] == user_iso.stat().st_size
     assert task.node.driver_internal_info[STATE_KEY]["state"] == "instance"
+    lab.boot.prepare_instance(task)  # the conductor asks again after the last deploy step: nothing changes
+    assert lab.published() == [iso] and lab.bmc.count("POST", "VirtualMedia.InsertMedia") == 1
 
 
 def test_boot_iso_without_params_is_a_hard_link_of_the_cached_master(lab: Lab, user_iso: Path) -> None:
@@ -111,6 +113,8 @@ def test_one_shot_deletes_the_iso_after_the_grace_period(
     assert task.node.uuid not in lab.cache().usage()["reserved"]
     assert ONE_SHOT_KEY not in task.node.driver_internal_info
     assert task.power == ["power off", "power on"]  # resumes do not boot it again
+    lab.boot.prepare_instance(task)  # after the last deploy step: the deleted ISO is not published again
+    assert lab.published() == [] and lab.bmc.count("POST", "VirtualMedia.InsertMedia") == 1
     deploy.tear_down(task)
     assert lab.cd["Inserted"] is False
 
@@ -136,8 +140,9 @@ def _nothing_done(lab: Lab, task: VmTask) -> None:
 def test_not_an_iso_is_refused(lab: Lab) -> None:
     (lab.src / "fake.iso").write_bytes(os.urandom(200_000))
     task, deploy = _node(lab, boot_iso=str(lab.src / "fake.iso"), kernel_append_params="ip=dhcp")
-    with pytest.raises(IronworksError, match="ISO"):
+    with pytest.raises(IronworksError, match="ISO") as err:
         _deploy(task, deploy)
+    assert f"instance_info/boot_iso {lab.src / 'fake.iso'}" in str(err.value)  # not the cache's file name
     _nothing_done(lab, task)
 
 
