@@ -10,6 +10,10 @@ address, the link's MTU, the routes and the DNS servers. It prints the names of 
 ``ironworks-init: ...`` lines (the console). A missing file, bad JSON or a failed command is said and
 leaves the NIC to DHCP; nothing here makes ``/init`` fail.
 
+A BMC's virtual CD is often a USB device that appears seconds after the kernel started:
+``ironworks-netconfig-wait=S`` on the kernel command line waits up to S seconds for a CD or config
+drive to show up when there is none yet (default 0: a network-booted machine does not wait).
+
 Outside a ramdisk it refuses to run: it would change the host's network.
 """
 
@@ -21,6 +25,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +38,9 @@ NETWORK_DATA = "openstack/latest/network_data.json"
 STATIC_TYPES = frozenset({"ipv4", "ipv6"})
 #: config drives are at most a few MiB; a bigger file is not a network_data.json
 MAX_BYTES = 1 << 20
+#: kernel command line key: seconds to wait for a CD or config drive to appear (USB virtual media)
+WAIT_KEY = "ironworks-netconfig-wait"
+POLL_S = 0.5
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
@@ -267,9 +275,21 @@ def configure(
     sys_class_net: Path = Path("/sys/class/net"),
     resolv_conf: Path = Path("/etc/resolv.conf"),
     mount_under: Path = Path("/run"),
+    wait: float = 0.0,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> list[str]:
-    """Find, read and apply network_data.json; the NICs configured statically (none on any problem)."""
-    found = read_network_data(candidate_devices(dev, runner=runner), runner=runner, under=mount_under)
+    """Find, read and apply network_data.json; the NICs configured statically (none on any problem).
+
+    ``wait``: seconds to poll for a device when none is there yet."""
+    devices = candidate_devices(dev, runner=runner)
+    waited = 0.0
+    while not devices and waited < wait:
+        sleep(POLL_S)
+        waited += POLL_S
+        devices = candidate_devices(dev, runner=runner)
+    if waited:
+        say(f"waited {waited:g} s for a CD or config drive: {' '.join(devices) if devices else 'none appeared'}")
+    found = read_network_data(devices, runner=runner, under=mount_under)
     if found is None:
         say(f"no {NETWORK_DATA} on a config drive or CD: DHCP on every interface")
         return []
@@ -288,13 +308,33 @@ def configure(
     return apply(p, runner=runner, resolv_conf=resolv_conf)
 
 
+def wait_seconds(cmdline: str) -> float:
+    """``ironworks-netconfig-wait`` (or ``_``) from a kernel command line; 0 when absent or not a number."""
+    for arg in cmdline.split():
+        key, _, value = arg.partition("=")
+        if key.replace("_", "-") == WAIT_KEY:
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = -1.0
+            if not 0 <= seconds <= 600:
+                say(f"{WAIT_KEY}={value!r} is not a number of seconds from 0 to 600; not waiting")
+                return 0.0
+            return seconds
+    return 0.0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Configure static addresses; print the configured NICs. Exit 0 always in a ramdisk, 2 elsewhere."""
     del argv
     if not in_ramdisk():
         say("netconfig changes the machine's network and runs only in the ramdisk; nothing done")
         return 2
-    for nic in configure():
+    try:
+        cmdline = Path("/proc/cmdline").read_text()
+    except OSError:
+        cmdline = ""
+    for nic in configure(wait=wait_seconds(cmdline)):
         print(nic)
     return 0
 

@@ -76,10 +76,10 @@ class FakeMachine:
                 shutil.copytree(self.cd, target, dirs_exist_ok=True)
                 self.mounted.append(Path(target))
         elif argv[0] == "umount":
-            target = Path(argv[1])
-            shutil.rmtree(target)
-            target.mkdir()
-            self.mounted.remove(target)
+            point = Path(argv[1])
+            shutil.rmtree(point)
+            point.mkdir()
+            self.mounted.remove(point)
         elif argv[0] == "ip" and self.ip_fails and self.ip_fails in " ".join(argv):
             rc = 2
         return subprocess.CompletedProcess(argv, rc, out, "RTNETLINK answers: File exists" if rc == 2 else "")
@@ -87,8 +87,9 @@ class FakeMachine:
     def ip_calls(self) -> list[str]:
         return [" ".join(c[1:]) for c in self.calls if c[0] == "ip"]
 
-    def configure(self) -> list[str]:
-        return netconfig.configure(runner=self, dev=self.dev, sys_class_net=self.net, resolv_conf=self.resolv,
+    def configure(self, **kwargs: Any) -> list[str]:
+        return netconfig.configure(
+            **kwargs,runner=self, dev=self.dev, sys_class_net=self.net, resolv_conf=self.resolv,
                                    mount_under=self.run)  # fmt: skip
 
 
@@ -200,3 +201,40 @@ def test_it_refuses_to_run_outside_a_ramdisk(capsys: pytest.CaptureFixture[str])
     # the test host's / is a real file system: nothing may be mounted or configured here
     assert netconfig.main([]) == 2
     assert "runs only in the ramdisk; nothing done" in capsys.readouterr().err
+
+
+def test_a_late_cd_is_waited_for_when_asked(machine: FakeMachine, capsys: pytest.CaptureFixture[str]) -> None:
+    """A USB virtual CD appears after /init started: with a wait, netconfig polls until it is there."""
+    machine.write(json.dumps(network_data()))
+    (machine.dev / "sr0").unlink()
+    naps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 3:
+            (machine.dev / "sr0").touch()
+
+    assert machine.configure(wait=10.0, sleep=sleep) == ["ens3"]
+    assert len(naps) == 3
+    assert "waited 1.5 s for a CD or config drive:" in capsys.readouterr().err
+
+
+def test_without_a_wait_a_missing_cd_is_not_waited_for(machine: FakeMachine) -> None:
+    (machine.dev / "sr0").unlink()
+    naps: list[float] = []
+    assert machine.configure(sleep=naps.append) == []
+    assert naps == []
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "seconds"),
+    [
+        ("console=ttyS0 ironworks-netconfig-wait=15 ipa-api-url=http://x", 15.0),
+        ("ironworks_netconfig_wait=2.5", 2.5),
+        ("console=ttyS0", 0.0),
+        ("ironworks-netconfig-wait=soon", 0.0),
+        ("ironworks-netconfig-wait=9999", 0.0),
+    ],
+)
+def test_the_wait_comes_from_the_kernel_command_line(cmdline: str, seconds: float) -> None:
+    assert netconfig.wait_seconds(cmdline) == seconds

@@ -6,6 +6,8 @@
 #   ironworks-modules=a,b       extra kernel modules to load
 #   ironworks-agent-restarts=N  how often a failed agent is started again (default 10; 0 = never)
 #   ironworks-dhcp-wait=S       seconds to wait for a first DHCP lease before starting the agent (default 30)
+#   ironworks-netconfig-wait=S  seconds to wait for a CD/config drive holding network_data.json (default 0;
+#                               a USB virtual CD can appear late); read by ironworks.agent.netconfig
 #   console=DEV[,BAUD]          (the kernel's) after a finalized rescue each console gets a login prompt
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH HOME=/root TERM=linux LANG=C.UTF-8
