@@ -141,7 +141,9 @@ class VirtualMediaBoot(RedfishBase, BootInterface):
         token = secrets.token_urlsafe(32)
         tokens = self._ramdisk_params(task, params, token=token)
         network_data = self._network_data(task)
-        self.clean_up_ramdisk(task)  # an earlier ISO of the node (a retried flow) goes first
+        # an earlier ISO of the node goes first: a retried flow's, or a ramdisk instance's (rescue):
+        # unrescue stages the instance's ISO again from the cache
+        self._tear_down(task)
         info[TOKEN_KEY] = token
         name = self._new_name(node.uuid)
         cache = self._image_cache()

@@ -91,8 +91,14 @@ class Api:
             self.wait(uuid, {state})
         return uuid
 
-    def provision(self, uuid: str, target: str) -> httpx.Response:
-        r = self.http.put(f"/v1/nodes/{uuid}/states/provision", json={"target": target})
+    def provision(self, uuid: str, target: str, **body: Any) -> httpx.Response:
+        """Request ``target``; a node locked by the conductor (handling a heartbeat, say) is asked again."""
+        deadline = time.monotonic() + SETTLE_BOUND_S
+        while True:
+            r = self.http.put(f"/v1/nodes/{uuid}/states/provision", json={"target": target, **body})
+            if r.status_code != 409 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert r.status_code == 202, r.text
         return r
 
@@ -101,11 +107,13 @@ class Api:
         return node
 
     def wait(self, uuid: str, states: set[str]) -> dict[str, Any]:
+        """Until the node is in one of ``states`` (a stable one with nothing more in progress)."""
         deadline = time.monotonic() + SETTLE_BOUND_S
         node = self.get(uuid)
         while time.monotonic() < deadline:
             node = self.get(uuid)
-            if node["provision_state"] in states and node["target_provision_state"] is None:
+            settled = node["target_provision_state"] is None or node["provision_state"].endswith(" wait")
+            if node["provision_state"] in states and settled:
                 return node
             time.sleep(0.2)
         raise AssertionError(f"node {uuid} never reached {states}: {node}\n{self.server.log_tail()}")
@@ -242,3 +250,98 @@ def test_bad_isos_and_bad_parameters_are_refused(
         assert api.published() == [] and api.cd(0)["Inserted"] is False
         api.provision(uuid, "deleted")
         api.wait(uuid, {"available"})
+
+
+# ---- the agent ramdisk over virtual media: cleaning, rescue, servicing ----------------------------
+
+MAC = "52:54:00:aa:10:01"  # node-a's NIC
+
+
+def _token_in_published_iso(api: Api, tmp_path: Path) -> str:
+    """The agent token as the machine would read it: from the kernel line inside the ISO the BMC fetches."""
+    cd = api.cd(0)
+    assert cd["Inserted"] is True
+    fetched = tmp_path / "agent.iso"
+    fetched.write_bytes(httpx.get(cd["Image"], timeout=30.0).content)
+    line = iso_file(fetched, "/isolinux/isolinux.cfg", tmp_path / "x")
+    assert f"ipa-api-url={api.server.url}" in line
+    [token] = [w.split("=", 1)[1] for w in line.split() if w.startswith("ipa-agent-token=")]
+    return token
+
+
+def _agent_can_check_in(api: Api, uuid: str, token: str) -> None:
+    """What the agent does on its first boot, with no DHCP options from Ironworks: lookup by MAC, heartbeat."""
+    r = api.http.get("/v1/lookup", params={"addresses": MAC})
+    assert r.status_code == 200, r.text
+    assert r.json()["config"]["agent_token"] == "******"  # pre-generated: the agent uses its kernel line's
+    beat = {"callback_url": "http://127.0.0.1:9/", "agent_token": "wrong", "agent_version": "test"}
+    assert api.http.post(f"/v1/heartbeat/{uuid}", json=beat).status_code == 401
+    assert api.http.post(f"/v1/heartbeat/{uuid}", json={**beat, "agent_token": token}).status_code == 202
+
+
+def _agent_node(api: Api, origin: tuple[Path, str]) -> str:
+    root, url = origin
+    make_iso(root / "agent.iso")
+    body = {
+        "driver": "redfish",
+        "driver_info": api.emu.driver_info(0, deploy_iso=f"{url}/agent.iso"),
+        "boot_interface": "redfish-virtual-media",
+        "deploy_interface": "agent",
+        "rescue_interface": "agent",
+        "instance_info": {"image_source": "http://127.0.0.1:9/image.raw"},
+    }
+    r = api.http.post("/v1/nodes", json=body)
+    assert r.status_code == 201, r.text
+    uuid: str = r.json()["uuid"]
+    assert api.http.post("/v1/ports", json={"address": MAC, "node_uuid": uuid}).status_code == 201
+    api.provision(uuid, "manage")
+    api.wait(uuid, {"manageable"})
+    return uuid
+
+
+def _gone(api: Api) -> None:
+    """The CD is ejected and the ISO deleted (polled: the abort's clean-up runs after the state moved)."""
+    deadline = time.monotonic() + SETTLE_BOUND_S
+    while (api.cd(0)["Inserted"] or api.published()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert api.cd(0)["Inserted"] is False
+    assert api.published() == []
+
+
+def test_cleaning_boots_the_agent_iso_and_abort_takes_it_down(
+    ironworks_server: ServerFactory, connect: Callable[[IronworksServer], Api], origin: tuple[Path, str], tmp_path: Path
+) -> None:
+    api = connect(ironworks_server(env=_env()))
+    uuid = _agent_node(api, origin)
+    api.provision(uuid, "clean", clean_steps=[{"interface": "deploy", "step": "erase_devices_metadata"}])
+    api.wait(uuid, {"clean wait"})
+    assert api.boot(0)["BootSourceOverrideTarget"] == "Cd"
+    token = _token_in_published_iso(api, tmp_path)
+    assert token not in api.http.get(f"/v1/nodes/{uuid}").text and token not in api.history(uuid)
+    _agent_can_check_in(api, uuid, token)
+    api.provision(uuid, "abort")
+    api.wait(uuid, {"clean failed"})
+    _gone(api)
+
+
+def test_rescue_and_servicing_boot_the_agent_iso(
+    ironworks_server: ServerFactory, connect: Callable[[IronworksServer], Api], origin: tuple[Path, str], tmp_path: Path
+) -> None:
+    api = connect(ironworks_server(env=_env()))
+    uuid = _agent_node(api, origin)
+    api.provision(uuid, "adopt")
+    api.wait(uuid, {"active"})
+
+    api.provision(uuid, "rescue", rescue_password="pw-1")
+    api.wait(uuid, {"rescue wait"})
+    _agent_can_check_in(api, uuid, _token_in_published_iso(api, tmp_path))
+    api.provision(uuid, "abort")
+    api.wait(uuid, {"rescue failed"})
+    _gone(api)
+
+    api.provision(uuid, "unrescue")
+    api.wait(uuid, {"active"})
+    step = {"interface": "deploy", "step": "update_firmware", "args": {"url": "http://127.0.0.1:9/fw.tar"}}
+    api.provision(uuid, "service", service_steps=[step])
+    api.wait(uuid, {"service wait"})
+    _agent_can_check_in(api, uuid, _token_in_published_iso(api, tmp_path))
