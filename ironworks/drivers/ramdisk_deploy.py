@@ -8,7 +8,7 @@ instance (``prepare_instance``) and powers the machine on; the node goes ``activ
   and cached, remastered with ``instance_info/kernel_append_params`` when given, published and
   inserted (``ironworks.drivers.vmedia``);
 - ``kernel`` + ``ramdisk`` with a network boot interface (``pxe``, ``ipxe``): they boot over the
-  network with ``kernel_append_params`` (or, with virtual media, are made into an ISO).
+  network, every time, with ``kernel_append_params``.
 
 ``instance_info/one_shot`` (default false): once the machine was powered on, the published ISO is
 deleted and its disk budget released; the machine runs from RAM and a reboot will not find the ISO.
@@ -26,7 +26,8 @@ from typing import ClassVar
 
 from ironworks.drivers.base import BootInterface, DeployInterface, PowerState, Task, ValidationError
 from ironworks.drivers.steps import Done, Outcome, Wait, step
-from ironworks.drivers.vmedia import VirtualMediaBoot, one_shot
+from ironworks.drivers.vmedia import VirtualMediaBoot
+from ironworks.drivers.vmedia_inputs import one_shot
 
 #: driver_internal_info key: when the one-shot ISO may be deleted (wall-clock seconds)
 ONE_SHOT_KEY = "ramdisk_one_shot_after"
@@ -85,9 +86,11 @@ class RamdiskDeploy(DeployInterface):
                     f"ramdisk (network boot); instance_info/{' and '.join(missing)} missing. Set them with "
                     f"`baremetal node set {task.node.uuid} --instance-info boot_iso=<URL>`."
                 )
-            if boot.name not in (*NETBOOT, VirtualMediaBoot.name, "fake"):
+            if boot.name not in (*NETBOOT, "fake"):
                 raise ValidationError(
-                    f"instance_info/kernel and ramdisk boot over pxe or ipxe, not the {boot.name!r} boot interface."
+                    f"instance_info/kernel and ramdisk boot over pxe or ipxe, not the {boot.name!r} boot interface: "
+                    f"`baremetal node set {task.node.uuid} --boot-interface ipxe`, or give instance_info/boot_iso "
+                    "to boot an ISO over virtual media."
                 )
         one_shot(task)
         _grace(task)

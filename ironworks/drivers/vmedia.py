@@ -10,9 +10,10 @@ token), ejects whatever the virtual CD holds, inserts the ISO and sets the next 
 Instance (the ``ramdisk`` deploy, ``ironworks.drivers.ramdisk_deploy``): ``stage_instance`` fetches
 ``instance_info/boot_iso`` through the image cache, checks that it is an ISO with a boot config,
 reserves its size in the ``[images] disk_budget_bytes`` budget and remasters it with
-``instance_info/kernel_append_params`` (or hard-links the cached master when there are none: no
-copy). ``prepare_instance`` publishes and inserts it and boots the CD persistently (reboots come back
-to it), or once for ``instance_info/one_shot``. For the ``agent`` deploy ``prepare_instance`` ejects,
+``instance_info/kernel_append_params`` into the publish directory (or hard-links the cached master
+there when there are none: no copy), all before the BMC is touched. ``prepare_instance`` inserts it
+and boots the CD persistently (reboots come back to it), or once for ``instance_info/one_shot``
+(``retire_published`` then deletes it). For the ``agent`` deploy ``prepare_instance`` ejects,
 deletes the ramdisk ISO and boots the disk.
 
 Every preparation that fails removes what it published, ejects what it inserted and releases what it
@@ -22,7 +23,10 @@ that the API masks and the database seals.
 
 A BMC without virtual media: the devices the BMC offers are read (and cached in
 ``driver_internal_info/vmedia_devices``) before anything is built; a BMC with no CD/DVD device is
-refused then, and ``validate`` refuses it from the cached answer on every later request.
+refused then, and ``validate`` refuses it from the cached answer on every later request. The API
+calls ``validate`` before it moves a node into a deploy (``validate_before_deploy``), so what can be
+checked without the ISO itself is refused with the node still ``available``. What the inputs must be
+is in ``vmedia_inputs``.
 """
 
 from __future__ import annotations
@@ -38,15 +42,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ironworks.config import Config
+from ironworks.drivers import vmedia_inputs as inputs
 from ironworks.drivers.base import BootDevice, BootInterface, ManagementInterface, Task, ValidationError
 from ironworks.drivers.redfish import PROPERTIES as REDFISH_PROPERTIES
 from ironworks.drivers.redfish import RedfishBase
-from ironworks.errors import ConfigError, DriverError, InvalidInput, IronworksError
+from ironworks.drivers.vmedia_inputs import one_shot
+from ironworks.errors import ConfigError, IronworksError
 from ironworks.images import iso as isolib
-from ironworks.images.cache import ImageCache, local_path, parse_checksum
+from ironworks.images.cache import ImageCache
 from ironworks.images.errors import display
 from ironworks.netboot import layout as lay
-from ironworks.netboot.render import kernel_params
 
 LOG = logging.getLogger(__name__)
 #: driver_internal_info key: what the virtual CD holds for the node (``{"state": ..., "secret_name": ...}``)
@@ -56,7 +61,6 @@ DEVICES_KEY = "vmedia_devices"
 TOKEN_KEY = "agent_secret_token"
 #: where a deploy ISO carries the node's network_data.json (the ramdisk's /init reads it for static addressing)
 NETWORK_DATA_PATH = "openstack/latest/network_data.json"
-RESCUE_STATES = ("rescuing", "rescue wait", "rescue")
 PROPERTIES: dict[str, str] = {
     **REDFISH_PROPERTIES,
     "deploy_iso": "URL (http, https, file) of an agent ramdisk ISO to remaster with the agent's parameters. "
@@ -74,27 +78,11 @@ PROPERTIES: dict[str, str] = {
 }
 
 
-class VmediaError(DriverError):
-    """Publishing or inserting a virtual media ISO failed; nothing of it was left behind."""
-
-    reason = "vmedia_error"
-
-
 def is_ramdisk_deploy(task: Task) -> bool:
     """Whether the node's deploy interface is ``ramdisk`` (the instance is an ISO or kernel + ramdisk)."""
     with contextlib.suppress(Exception):  # a task without a resolvable deploy interface is not a ramdisk deploy
         return getattr(task.interface("deploy"), "name", None) == "ramdisk"
     return False
-
-
-def one_shot(task: Task) -> bool:
-    """``instance_info/one_shot`` as a bool (``ValidationError`` for anything else)."""
-    raw = task.node.instance_info.get("one_shot", False)
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str) and raw.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
-        return raw.strip().lower() in ("true", "yes", "1")
-    raise ValidationError(f"instance_info/one_shot must be true or false, not {raw!r}.")
 
 
 class VirtualMediaBoot(RedfishBase, BootInterface):
@@ -120,16 +108,16 @@ class VirtualMediaBoot(RedfishBase, BootInterface):
         if isinstance(devices, list) and self._device() not in devices:
             raise ValidationError(self._no_device_message(task, devices))
         if is_ramdisk_deploy(task):
-            self._instance_source(task)
-            self._instance_params(task)
+            inputs.instance_source(task, self._image_cache())
+            inputs.instance_params(task)
             one_shot(task)
             return
         with contextlib.suppress(Exception):
             if getattr(task.interface("deploy"), "name", "agent") == "fake":
                 return
-        self._ramdisk_sources(task)
-        self._ramdisk_params(task, {"ipa-api-url": "http://ironworks.invalid"}, token="x")
-        self._network_data(task)
+        inputs.ramdisk_sources(task, self._image_cache())
+        inputs.ramdisk_params(task, self._config(), {"ipa-api-url": "http://ironworks.invalid"}, token="x")
+        inputs.network_data(task)
 
     # ---- the agent ramdisk -----------------------------------------------------------------
     def prepare_ramdisk(self, task: Task, *, params: dict[str, Any] | None = None) -> None:
@@ -137,10 +125,10 @@ class VirtualMediaBoot(RedfishBase, BootInterface):
         node = task.node
         info = node.driver_internal_info
         self._check_device(task)
-        sources = self._ramdisk_sources(task)
+        sources = inputs.ramdisk_sources(task, self._image_cache())
         token = secrets.token_urlsafe(32)
-        tokens = self._ramdisk_params(task, params, token=token)
-        network_data = self._network_data(task)
+        tokens = inputs.ramdisk_params(task, self._config(), params, token=token)
+        network_data = inputs.network_data(task)
         # an earlier ISO of the node goes first: a retried flow's, or a ramdisk instance's (rescue):
         # unrescue stages the instance's ISO again from the cache
         self._tear_down(task)
@@ -192,8 +180,8 @@ class VirtualMediaBoot(RedfishBase, BootInterface):
         """
         node = task.node
         self._check_device(task)
-        source, checksum = self._instance_source(task)
-        tokens = self._instance_params(task)
+        source, checksum = inputs.instance_source(task, self._image_cache())
+        tokens = inputs.instance_params(task)
         self._tear_down(task)
         cache = self._image_cache()
         name = self._new_name(node.uuid)
@@ -324,105 +312,6 @@ class VirtualMediaBoot(RedfishBase, BootInterface):
         task.node.driver_internal_info[DEVICES_KEY] = devices
         if self._device() not in devices:
             raise ValidationError(self._no_device_message(task, devices))
-
-    def _ramdisk_sources(self, task: Task) -> list[tuple[str, str | None]]:
-        """``[(iso, checksum)]`` or ``[(kernel, checksum), (ramdisk, checksum)]`` from driver_info."""
-        info = task.node.driver_info
-        rescuing = task.node.provision_state in RESCUE_STATES
-        if rescuing and info.get("rescue_iso"):
-            return [self._source(task, "driver_info", "rescue_iso")]
-        if rescuing and info.get("rescue_kernel") and info.get("rescue_ramdisk"):
-            return [self._source(task, "driver_info", f"rescue_{w}") for w in ("kernel", "ramdisk")]
-        if info.get("deploy_iso"):
-            return [self._source(task, "driver_info", "deploy_iso")]
-        missing = [k for k in ("deploy_kernel", "deploy_ramdisk") if not info.get(k)]
-        if missing:
-            raise ValidationError(
-                f"driver_info/{' and driver_info/'.join(missing)} missing: the {self.name} boot interface needs the "
-                "agent ramdisk as an ISO (driver_info/deploy_iso) or as deploy_kernel + deploy_ramdisk (an ISO is "
-                f"built from them). Set them with `baremetal node set {task.node.uuid} --driver-info "
-                "deploy_iso=<URL>` (what `ironworks ramdisk build` produced)."
-            )
-        return [self._source(task, "driver_info", k) for k in ("deploy_kernel", "deploy_ramdisk")]
-
-    def _instance_source(self, task: Task) -> tuple[str, str | None]:
-        ii = task.node.instance_info
-        if not ii.get("boot_iso"):
-            raise ValidationError(
-                "instance_info/boot_iso is required for a ramdisk deploy over virtual media: the URL of the ISO "
-                f"to boot. Set it with `baremetal node set {task.node.uuid} --instance-info boot_iso=<URL>` "
-                "(and boot_iso_checksum=sha256:<hex> to have it verified)."
-            )
-        return self._source(task, "instance_info", "boot_iso")
-
-    def _source(self, task: Task, where: str, key: str) -> tuple[str, str | None]:
-        data = task.node.driver_info if where == "driver_info" else task.node.instance_info
-        value = data.get(key)
-        if not isinstance(value, str) or not value.strip():
-            raise ValidationError(f"{where}/{key} must be a URL (http, https or file), not {value!r}.")
-        try:
-            local = local_path(value)
-        except IronworksError as exc:
-            raise ValidationError(f"{where}/{key}: {exc.message}") from exc
-        if local is not None and not local.is_absolute():
-            raise ValidationError(f"{where}/{key} must be an absolute path or a URL, not {value!r}.")
-        if local is not None:
-            try:
-                self._image_cache().check_source(value)  # [images] allowed_file_dirs
-            except IronworksError as exc:
-                raise ValidationError(f"{where}/{key}: {exc.message}") from exc
-        checksum = data.get(f"{key}_checksum")
-        if checksum:
-            try:
-                parse_checksum(str(checksum))
-            except IronworksError as exc:
-                raise ValidationError(f"{where}/{key}_checksum: {exc.message}") from exc
-        return value, str(checksum) if checksum else None
-
-    def _ramdisk_params(self, task: Task, params: dict[str, Any] | None, *, token: str) -> list[str]:
-        """The deploy ISO's kernel parameters: the conductor's, the token, then the operator's extras."""
-        node = task.node
-        extras = [
-            ("[vmedia] kernel_append_params", self._config().vmedia.kernel_append_params),
-            ("driver_info/kernel_append_params", node.driver_info.get("kernel_append_params") or ""),
-            ("instance_info/kernel_append_params", node.instance_info.get("kernel_append_params") or ""),
-        ]
-        try:
-            tokens = kernel_params({**(params or {}), "ipa-agent-token": token}, extras)
-            for source, text in extras:
-                if text:
-                    isolib.check_params(text, where=source)
-        except InvalidInput as exc:
-            raise ValidationError(exc.message) from exc
-        return tokens
-
-    def _instance_params(self, task: Task) -> list[str]:
-        """``instance_info/kernel_append_params`` as tokens ([] when not given: the ISO is used as is)."""
-        text = task.node.instance_info.get("kernel_append_params") or ""
-        source = "instance_info/kernel_append_params"
-        try:
-            tokens = kernel_params(None, [(source, text)])
-            if tokens:
-                isolib.check_params(str(text), where=source)
-        except InvalidInput as exc:
-            raise ValidationError(exc.message) from exc
-        return tokens
-
-    def _network_data(self, task: Task) -> dict[str, Any] | None:
-        """``network_data`` (OpenStack network_data.json) from instance_info or driver_info; None when not given."""
-        raw = task.node.instance_info.get("network_data") or task.node.driver_info.get("network_data")
-        if not raw:
-            return None
-        if isinstance(raw, str):
-            try:
-                raw = json.loads(raw)
-            except ValueError as exc:
-                raise ValidationError(
-                    f"network_data is not valid JSON ({exc}); give an OpenStack network_data.json document."
-                ) from exc
-        if not isinstance(raw, dict):
-            raise ValidationError("network_data must be a JSON object (OpenStack network_data.json format).")
-        return raw
 
     def _set_boot(self, task: Task, device: str, *, persistent: bool) -> None:
         mgmt = task.interface("management")

@@ -233,10 +233,13 @@ def test_bad_instance_info_is_refused(lab: Lab, instance: dict[str, Any], messag
     _nothing_done(lab, task)
 
 
-def test_boot_iso_needs_virtual_media(lab: Lab) -> None:
+def test_boot_iso_needs_virtual_media_and_kernel_ramdisk_network_boot(lab: Lab) -> None:
     task, deploy = _node(lab, boot_iso="https://x.test/a.iso")
     task.ifaces["boot"] = IpxeBoot(lab.config)
-    with pytest.raises(ValidationError, match="redfish-virtual-media"):
+    with pytest.raises(ValidationError, match="needs the redfish-virtual-media boot interface"):
+        deploy.validate(task)
+    task, deploy = _node(lab, kernel="https://x.test/k", ramdisk="https://x.test/r")
+    with pytest.raises(ValidationError, match="boot over pxe or ipxe"):
         deploy.validate(task)
 
 
