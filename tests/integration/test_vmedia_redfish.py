@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import LOOPBACK, IronworksServer, ServerFactory
-from tests.integration.redfish_emulator import RedfishEmulator, fake_system, start_emulator
+from tests.integration.redfish_emulator import RedfishEmulator, fake_system, free_loopback_port, start_emulator
 from tests.vmedia_fixtures import iso_file, make_iso
 
 HEADERS = {"X-OpenStack-Ironic-API-Version": "1.87"}
@@ -345,3 +345,37 @@ def test_rescue_and_servicing_boot_the_agent_iso(
     api.provision(uuid, "service", service_steps=[step])
     api.wait(uuid, {"service wait"})
     _agent_can_check_in(api, uuid, _token_in_published_iso(api, tmp_path))
+
+
+class _NoVirtualMedia(RedfishEmulator):
+    """The emulator configured with no virtual media devices (a BMC without the licence, say)."""
+
+    def write_config(self) -> Path:
+        path = super().write_config()
+        path.write_text(path.read_text() + "SUSHY_EMULATOR_VMEDIA_DEVICES = {}\n")
+        return path
+
+
+def test_a_bmc_without_virtual_media_is_refused_with_nothing_published(
+    ironworks_server: ServerFactory, origin: tuple[Path, str], tmp_path: Path
+) -> None:
+    root, url = origin
+    make_iso(root / "live.iso")
+    emu = _NoVirtualMedia(tmp_path / "novm", free_loopback_port(), "admin", "Redfish-Secret-2", [fake_system("x", [])])
+    emu.workdir.mkdir(parents=True)
+    emu.start()
+    api = Api(ironworks_server(env=_env()), emu)
+    try:
+        uuid = api.node(0, boot_iso=f"{url}/live.iso", kernel_append_params=PARAMS)
+        api.provision(uuid, "active")
+        node = api.wait(uuid, {"deploy failed", "active"})
+        assert node["provision_state"] == "deploy failed"
+        assert "offers no virtual cd device" in node["last_error"] and "--boot-interface" in node["last_error"]
+        assert api.published() == []
+        # the BMC's answer is cached: the next request is refused before the node moves
+        r = api.http.put(f"/v1/nodes/{uuid}/states/provision", json={"target": "active"})
+        assert r.status_code == 400 and "offers no virtual cd device" in r.text, r.text
+        assert api.get(uuid)["provision_state"] == "deploy failed"
+    finally:
+        api.close()
+        emu.stop()
