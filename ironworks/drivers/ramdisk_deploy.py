@@ -22,6 +22,7 @@ nothing published, inserted or reserved.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import ClassVar
 
 from ironworks.drivers.base import BootInterface, DeployInterface, PowerState, Task, ValidationError
@@ -31,6 +32,8 @@ from ironworks.drivers.vmedia_inputs import one_shot
 
 #: driver_internal_info key: when the one-shot ISO may be deleted (wall-clock seconds)
 ONE_SHOT_KEY = "ramdisk_one_shot_after"
+#: driver_internal_info key: the deploy step has started changing the machine (power, media)
+BOOTING_KEY = "ramdisk_booting"
 DEFAULT_GRACE = 30.0
 NETBOOT = ("pxe", "ipxe")
 
@@ -110,11 +113,13 @@ class RamdiskDeploy(DeployInterface):
         boot = self._boot(task)
         due = info.get(ONE_SHOT_KEY)
         if due is None:
+            info[BOOTING_KEY] = True
             task.set_power_state(PowerState.OFF)
             boot.prepare_instance(task)
             task.set_power_state(PowerState.ON)
             task.record("Ramdisk instance booting; no agent is involved")
             if not (one_shot(task) and isinstance(boot, VirtualMediaBoot)):
+                info.pop(BOOTING_KEY, None)
                 return Done()
             grace = _grace(task)
             info[ONE_SHOT_KEY] = time.time() + grace
@@ -125,6 +130,7 @@ class RamdiskDeploy(DeployInterface):
         assert isinstance(boot, VirtualMediaBoot)
         boot.retire_published(task)
         info.pop(ONE_SHOT_KEY, None)
+        info.pop(BOOTING_KEY, None)
         task.record(
             "One-shot: the published boot ISO was deleted and its disk budget released; a reboot will not find it"
         )
@@ -134,19 +140,27 @@ class RamdiskDeploy(DeployInterface):
         """Undeploy: power off, eject and delete what the instance booted."""
         task.set_power_state(PowerState.OFF)
         self._boot(task).clean_up_instance(task)
-        task.node.driver_internal_info.pop(ONE_SHOT_KEY, None)
+        for key in (ONE_SHOT_KEY, BOOTING_KEY):
+            task.node.driver_internal_info.pop(key, None)
 
     def clean_up_after_failure(self, task: Task) -> None:
-        """A failed deploy leaves nothing published, inserted or reserved, and the machine off."""
-        for what, action in (
-            ("power the machine off", lambda: task.set_power_state(PowerState.OFF)),
-            ("remove the instance's boot media", lambda: self._boot(task).clean_up_instance(task)),
-        ):
+        """A failed deploy leaves nothing published, inserted or reserved; a machine it booted is powered off.
+
+        A failure before the deploy step changed the machine (a refused ISO, the budget) leaves its power alone.
+        """
+        info = task.node.driver_internal_info
+        actions: list[tuple[str, Callable[[], object]]] = [
+            ("remove the instance's boot media", lambda: self._boot(task).clean_up_instance(task))
+        ]
+        if info.get(BOOTING_KEY):
+            actions.insert(0, ("power the machine off", lambda: task.set_power_state(PowerState.OFF)))
+        for what, action in actions:
             try:
                 action()
             except Exception as exc:
                 task.record(f"After the failure, could not {what}: {exc}", severity="WARNING")
-        task.node.driver_internal_info.pop(ONE_SHOT_KEY, None)
+        for key in (ONE_SHOT_KEY, BOOTING_KEY):
+            info.pop(key, None)
 
     def take_over(self, task: Task) -> None:
         """Adopt: the instance runs already; nothing to boot."""

@@ -143,7 +143,17 @@ def test_not_an_iso_is_refused(lab: Lab) -> None:
     with pytest.raises(IronworksError, match="ISO") as err:
         _deploy(task, deploy)
     assert f"instance_info/boot_iso {lab.src / 'fake.iso'}" in str(err.value)  # not the cache's file name
+    deploy.clean_up_after_failure(task)  # what the conductor runs next: the machine's power is left alone
     _nothing_done(lab, task)
+
+
+def test_a_failure_after_booting_powers_off_and_removes_the_media(lab: Lab, user_iso: Path) -> None:
+    task, deploy = _node(lab, boot_iso=str(user_iso), kernel_append_params="ip=dhcp", one_shot=True)
+    assert isinstance(_deploy(task, deploy), Wait)  # booted, waiting to delete the one-shot ISO
+    deploy.clean_up_after_failure(task)  # say the wait timed out
+    assert task.power == ["power off", "power on", "power off"]
+    assert lab.published() == [] and lab.cd["Inserted"] is False
+    assert task.node.uuid not in lab.cache().usage()["reserved"]
 
 
 def test_an_iso_without_boot_config_is_refused(lab: Lab) -> None:
