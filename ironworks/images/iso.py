@@ -313,13 +313,12 @@ def remaster(
     workdir.mkdir(parents=True, exist_ok=True)
     changes = [(c, c.edited(tokens)) for c in configs]
     changes = [(c, new) for c, new in changes if new != c.data]
-    efi_edits = [(img, _edit_efi(src, img, tokens, workdir)) for img in efis]
-    changed = [c.path for c, _ in changes] + [
-        c.path for img, local in efi_edits if local is not None for c in img.configs if c.edited(tokens) != c.data
-    ]
+    efi_edits: list[tuple[_EfiImage, Path | None]] = []
     in_place = not extras and not layout.udf and all(_fits(c, new, layout) for c, new in changes)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
+        for img in efis:
+            efi_edits.append((img, _edit_efi(src, img, tokens, workdir)))
         if in_place:
             _patch_copy(src, tmp, layout, changes)
         else:
@@ -334,6 +333,9 @@ def remaster(
         for _, local in efi_edits:
             if local is not None:
                 local.unlink(missing_ok=True)
+    changed = [c.path for c, _ in changes] + [
+        c.path for img, local in efi_edits if local is not None for c in img.configs if c.edited(tokens) != c.data
+    ]
     return RemasterReport(changed=changed, added=sorted(extras), method="in-place" if in_place else "xorriso")
 
 
@@ -380,7 +382,7 @@ def _xorriso_copy(
         raise IsoError(f"xorriso could not rewrite {src.name} (exit {proc.returncode}): {proc.stderr.strip()[-400:]}")
 
 
-def _write_efi(tmp: Path, efi_edits: list[tuple[Any, Path | None]]) -> None:
+def _write_efi(tmp: Path, efi_edits: list[tuple[_EfiImage, Path | None]]) -> None:
     """Write edited EFI images back over the image's own sectors (found again: xorriso may have moved them)."""
     if not any(local for _, local in efi_edits):
         return
