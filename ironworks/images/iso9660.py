@@ -181,34 +181,34 @@ def _susp_skip(first_sector: bytes) -> int | None:
 
 
 def _records(rd: _Reader, extent: int, length: int, parent: str, kind: str, skip: int | None) -> list[Record]:
+    """The records of one directory, read a sector at a time (records never cross a sector)."""
     out: list[Record] = []
-    base = extent * SECTOR
-    data = rd.read(base, ((length + SECTOR - 1) // SECTOR) * SECTOR)
-    pos = 0
-    while pos < length:
-        n = data[pos]
-        if n == 0:  # records never cross a sector: the rest of this one is padding
-            pos = (pos // SECTOR + 1) * SECTOR
-            continue
-        if n < 34 or pos + n > len(data):
-            raise _bad(rd.path, f"a directory record at byte {base + pos} is malformed")
-        rec = data[pos : pos + n]
-        fi_len = rec[32]
-        ident = rec[33 : 33 + fi_len]
-        if ident not in (b"\0", b"\1"):
-            name = _name(rd, rec, ident, fi_len, kind, skip)
-            flags = rec[25]
-            out.append(
-                Record(
-                    path=f"{parent}/{name}" if parent else name,
-                    extent=struct.unpack_from("<I", rec, 2)[0],
-                    size=struct.unpack_from("<I", rec, 10)[0],
-                    offset=base + pos,
-                    is_dir=bool(flags & 0x02),
-                    multi_extent=bool(flags & 0x80),
+    for first in range(extent * SECTOR, extent * SECTOR + length, SECTOR):
+        data = rd.read(first, SECTOR)
+        pos = 0
+        while pos < SECTOR and data[pos]:  # a zero length byte: the rest of the sector is padding
+            n = data[pos]
+            if n < 34 or pos + n > SECTOR or 33 + data[pos + 32] > n:
+                raise _bad(rd.path, f"a directory record at byte {first + pos} is malformed")
+            rec = data[pos : pos + n]
+            fi_len = rec[32]
+            ident = rec[33 : 33 + fi_len]
+            if ident not in (b"\0", b"\1"):
+                name = _name(rd, rec, ident, fi_len, kind, skip)
+                if not name or "/" in name or name in (".", ".."):
+                    raise _bad(rd.path, f"the directory record at byte {first + pos} has the name {name!r}")
+                flags = rec[25]
+                out.append(
+                    Record(
+                        path=f"{parent}/{name}" if parent else name,
+                        extent=struct.unpack_from("<I", rec, 2)[0],
+                        size=struct.unpack_from("<I", rec, 10)[0],
+                        offset=first + pos,
+                        is_dir=bool(flags & 0x02),
+                        multi_extent=bool(flags & 0x80),
+                    )
                 )
-            )
-        pos += n
+            pos += n
     return out
 
 

@@ -415,3 +415,29 @@ def test_efi_image_as_appended_gpt_partition(tmp_path: Path, extra: bool) -> Non
                          check=True, capture_output=True, env=MT_ENV).stdout  # fmt: skip
     assert fat == bootcfg.grub_append(efi_cfg, ["a=1"])
     assert b"linux /casper/vmlinuz a=1 --- quiet splash" in _pycdlib_read(dest, rr_path="/boot/grub/grub.cfg")
+
+
+@pytest.fixture(scope="module")
+def small_iso(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return _make_iso(tmp_path_factory.mktemp("fuzz"), bios=True, uefi=True, hybrid=True).read_bytes()
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_corrupted_metadata_gives_iso_error_or_a_result_never_a_crash(
+    small_iso: bytes, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    raw = bytearray(small_iso)
+    # descriptors (16..19), the boot catalog and the directories sit in the first ~40 sectors: change
+    # their non-zero bytes (lengths, extents, sizes, names, Rock Ridge entries), not the padding
+    meta = [i for i in range(16 * 2048, 40 * 2048) if small_iso[i]]
+    for _ in range(data.draw(st.integers(1, 6))):
+        raw[data.draw(st.sampled_from(meta))] = data.draw(
+            st.sampled_from([0, 1, 0x2F, 0x80, 0xFF]) | st.integers(0, 255)
+        )
+    path = tmp_path_factory.mktemp("case") / "x.iso"
+    path.write_bytes(bytes(raw))
+    try:
+        inspect_iso(path)
+    except IsoError as exc:
+        assert str(exc)
