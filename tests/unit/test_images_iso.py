@@ -441,3 +441,28 @@ def test_corrupted_metadata_gives_iso_error_or_a_result_never_a_crash(
         inspect_iso(path)
     except IsoError as exc:
         assert str(exc)
+
+
+@pytest.mark.parametrize("udf", [False, True], ids=["iso9660", "udf-bridge"])
+def test_genisoimage_iso_and_udf_bridge(tmp_path: Path, udf: bool) -> None:
+    """Another producer's Rock Ridge and Joliet; UDF keeps sizes of its own, so it goes through xorriso."""
+    root = tmp_path / "root"
+    (root / "isolinux").mkdir(parents=True)
+    (root / "isolinux/isolinux.bin").write_bytes(ISOLINUX_BIN.read_bytes())
+    (root / "isolinux/isolinux.cfg").write_bytes(ISOLINUX_CFG)
+    (root / "isolinux/txt.cfg").write_bytes(TXT_CFG)
+    (root / "install").mkdir()
+    (root / "install/vmlinuz").write_bytes(os.urandom(40_000))
+    src = tmp_path / "src.iso"
+    argv = ["genisoimage", "-quiet", "-R", "-J", "-V", "GENISO", "-o", str(src), "-b", "isolinux/isolinux.bin",
+            "-c", "isolinux/boot.cat", "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table"]  # fmt: skip
+    subprocess.run([*argv, *(["-udf"] if udf else []), str(root)], check=True, capture_output=True)
+    assert inspect_iso(src).boot_configs == ["isolinux/isolinux.cfg", "isolinux/txt.cfg"]
+    dest = tmp_path / "out.iso"
+    report = remaster(src, dest, PARAMS, workdir=tmp_path / "w")
+    assert report.method == ("xorriso" if udf else "in-place")
+    _extract(dest, tmp_path / "b")
+    assert (tmp_path / "b/isolinux/isolinux.cfg").read_bytes() == bootcfg.isolinux_append(ISOLINUX_CFG, PARAMS)
+    assert (tmp_path / "b/isolinux/txt.cfg").read_bytes() == bootcfg.isolinux_append(TXT_CFG, PARAMS)
+    assert _pycdlib_read(dest, joliet_path="/isolinux/txt.cfg") == bootcfg.isolinux_append(TXT_CFG, PARAMS)
+    assert any("BIOS  y" in line for line in _el_torito(dest))
