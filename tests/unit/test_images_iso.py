@@ -81,8 +81,12 @@ def test_isolinux_global_append_is_inherited_not_overridden() -> None:
     assert child == b"label c\n kernel /vmlinuz\n append quiet x=1"
 
 
-_other = st.text(alphabet="abcdefgh =/-_.{}\t#\"'", max_size=30).filter(
-    lambda s: not re.match(r"^[ \t]*(linux|linuxefi|linux16)([ \t]|$)", s)
+_tricky = ["linuxfoo /x", "echo linux /x", "#linux /x", "  # linux16 /x", "initrd /linux", "  linux_x /y", "Linux /x"]
+_other = st.one_of(
+    st.text(alphabet="abcdefghlinux =/-_.{}\t#\"'", max_size=30).filter(
+        lambda s: not re.match(r"^[ \t]*(linux|linuxefi|linux16)([ \t]|$)", s)
+    ),
+    st.sampled_from(_tricky),
 )
 _grub_boot = st.tuples(
     st.sampled_from(["", "  ", "\t"]),
