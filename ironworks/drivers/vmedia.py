@@ -150,7 +150,7 @@ class VirtualMediaBoot(RedfishBase, BootInterface):
                     isolib.build_deploy_iso(
                         masters[0], masters[1], part, tokens, network_data=network_data, workdir=work
                     )
-                os.chmod(part, 0o644)
+                os.chmod(part, 0o600)  # it carries the agent token: only the serving process reads it
                 os.replace(part, dest)
             finally:
                 shutil.rmtree(work, ignore_errors=True)

@@ -129,6 +129,7 @@ def test_deploy_iso_is_remastered_published_inserted_and_booted_once(lab: Lab) -
     [iso] = lab.published()
     token = task.node.driver_internal_info[TOKEN_KEY]
     assert iso.name.startswith(task.node.uuid + "-") and len(iso.name) > len(task.node.uuid) + 30
+    assert iso.stat().st_mode & 0o077 == 0  # the token inside is for the serving process only
     assert lab.cd["Inserted"] is True and lab.cd["Image"] == f"{HTTP_URL}/vmedia/{iso.name}"
     boot = lab.bmc.system["Boot"]
     assert (boot["BootSourceOverrideTarget"], boot["BootSourceOverrideEnabled"]) == ("Cd", "Once")
@@ -147,6 +148,7 @@ def test_kernel_and_ramdisk_become_a_deploy_iso_with_network_data(lab: Lab) -> N
     task = lab.task(AgentDeploy(lab.config), network_data=network, **_kernel_ramdisk(lab))
     lab.boot.prepare_ramdisk(task, params={"ipa-api-url": "http://127.0.0.1:6385"})
     [iso] = lab.published()
+    assert iso.stat().st_mode & 0o077 == 0
     assert json.loads(iso_file(iso, "/openstack/latest/network_data.json", lab.tmp / "x")) == network
     assert f"ipa-agent-token={task.node.driver_internal_info[TOKEN_KEY]}" in iso_file(
         iso, "/isolinux/isolinux.cfg", lab.tmp / "x"
