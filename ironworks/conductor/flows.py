@@ -153,6 +153,8 @@ class FlowRunner(FlowEngine):
         power.validate(task)
         state = power.get_power_state(task)
         task.set(power_state=state)
+        for iface in task.driver.interfaces.values():
+            iface.on_verify(task)
         task.transition(E.DONE)
 
     def _flow_inspect(self, task: TaskContext, args: dict[str, Any]) -> None:

@@ -115,6 +115,12 @@ class Interface(abc.ABC):
         Must not touch the hardware: the API calls it directly.
         """
 
+    def on_verify(self, task: Task) -> None:
+        """The node is being verified (``manage``) and its BMC answered: read and cache (in
+        ``driver_internal_info``) what a later ``validate`` needs, which may not touch the hardware.
+        Must not raise for what the machine lacks: record it instead (default: nothing)."""
+        return None
+
 
 class PowerInterface(Interface):
     """Turns the machine on and off through its BMC."""

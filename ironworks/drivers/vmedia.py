@@ -305,6 +305,18 @@ class VirtualMediaBoot(RedfishBase, BootInterface):
             "and try again (the BMC is asked again at the next deploy, clean or rescue)."
         )
 
+    def on_verify(self, task: Task) -> None:
+        """Cache the BMC's virtual media devices at verify time, so a deploy, clean or rescue request
+        for a BMC without a CD is refused by ``validate`` (400, the node stays put) the first time."""
+        try:
+            devices = self.client.virtual_media_kinds(self.endpoint(task))
+        except IronworksError as exc:  # the node is still manageable: prepare_ramdisk asks again
+            task.record(f"Could not read the BMC's virtual media devices: {exc.message}", severity="WARNING")
+            return
+        task.node.driver_internal_info[DEVICES_KEY] = devices
+        if self._device() not in devices:
+            task.record(self._no_device_message(task, devices), severity="WARNING")
+
     def _check_device(self, task: Task) -> None:
         """Read (and cache) the BMC's virtual media devices; refuse a BMC without the configured one."""
         ep = self.endpoint(task)
