@@ -203,7 +203,7 @@ def test_the_ramdisk_takes_its_static_address_from_the_virtual_cd(
         offset = vm.serial.offset()
         cd.reset("On")
         started = lab.wait_for_serial(vm, r"ironworks-init: starting the agent", after=offset, bound=BOOT_BOUND_S)
-        assert_static_boot(vm, vm.serial.text(offset)[: started.match.end() - offset], lab)
+        assert_static_boot(vm, vm.serial.text(offset)[: started.match.end()], lab)  # match is relative to offset
         # the address is really on the VM's NIC: the bridge side reaches it
         lab.run(["busybox", "ping", "-c", "3", "-W", "5", address], timeout=60)  # no iputils here
         neighbours = lab.run(["ip", "neigh", "show", address])
