@@ -25,8 +25,16 @@ from ironworks.conductor import steps as stepslib
 from ironworks.conductor.task import TaskContext
 from ironworks.db.engine import DatabaseUnavailable
 from ironworks.db.models import Action, Node, NodeEvent, Port, utcnow
-from ironworks.drivers.base import BootDevice, PortView, PowerState, ValidationError
-from ironworks.errors import Conflict, DriverError, InvalidInput, InvalidTransition, NodeLocked, error_class_for
+from ironworks.drivers.base import BootDevice, BootInterface, PortView, PowerState, ValidationError
+from ironworks.errors import (
+    Conflict,
+    DriverError,
+    InvalidInput,
+    InvalidTransition,
+    IronworksError,
+    NodeLocked,
+    error_class_for,
+)
 from ironworks.images import configdrive
 
 router = APIRouter()
@@ -72,6 +80,8 @@ def set_provision_state(request: Request, ident: str, body: ProvisionBody) -> Re
             " or newer; send X-OpenStack-Ironic-API-Version, or pass a base64-encoded gzipped config-2 image."
         )
     args = _provision_args(event, body)
+    if event == E.DEPLOY:
+        _precheck_deploy(request, ident)
     with ctx.db.write() as s:
         node = find_node(s, ident)
         if node.reservation:
@@ -161,6 +171,41 @@ def set_provision_state(request: Request, ident: str, body: ProvisionBody) -> Re
         node_uuid = node.uuid
     ctx.db.wake()
     return Response(status_code=202, headers=_location(request, ctx, node_uuid))
+
+
+def _precheck_deploy(request: Request, ident: str) -> None:
+    """Checks of a deploy that need the BMC or an image server (a ramdisk deploy's ``boot_iso``: it
+    downloads, matches its checksum, is an ISO with a boot config, fits the disk budget), run by a
+    conductor while this request waits: a refusal is a 400 and the node has not moved. Only boot
+    interfaces that ask for it (``needs_precheck``) cost the round trip."""
+    ctx = ctx_of(request)
+    with ctx.db.read() as s:
+        node = find_node(s, ident)
+        if node.reservation or (node.maintenance and E.DEPLOY in MAINTENANCE_BLOCKED):
+            return  # refused below with the usual message
+        try:
+            states.advance(S(node.provision_state), E.DEPLOY)
+            boot = ctx.drivers.driver_for(node.driver, _requested_interfaces(node)).interfaces.get("boot")
+            if not isinstance(boot, BootInterface) or type(boot).needs_precheck is BootInterface.needs_precheck:
+                return  # this boot interface never asks (the common case: no task built)
+            rows = s.execute(select(Port).where(Port.node_id == node.id).order_by(Port.id)).scalars().all()
+            ports = [PortView(p.uuid, p.address, p.pxe_enabled) for p in rows]
+            task = TaskContext(ctx.db, ctx.drivers, node.id, conductor="api", preloaded=(node, ports))
+            if not boot.needs_precheck(task):
+                return
+        except (states.InvalidTransitionError, IronworksError):
+            return  # an invalid request: the checks below say what is wrong
+        uuid = node.uuid
+    try:
+        _, error = _queue_and_wait(request, ident, "precheck_deploy")
+    except DatabaseUnavailable:
+        raise Conflict(
+            f"Node {uuid}: checking its boot ISO took longer than [api] sync_timeout "
+            f"({ctx.config.api.sync_timeout:g} s), probably a large download; it goes on into the image cache. "
+            "Request the deploy again in a moment: nothing has changed on the node."
+        ) from None
+    if error is not None:
+        raise InvalidInput(f"The deploy of node {uuid} was refused before anything changed: {error}")
 
 
 def _validate_before_deploy(ctx: ApiContext, s: Any, node: Node) -> None:
@@ -347,6 +392,20 @@ class BootDeviceBody(BaseModel):
 
 def run_sync(request: Request, ident: str, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
     """Queue a management action and wait (bounded) for a conductor's answer."""
+    result, error = _queue_and_wait(request, ident, name, args)
+    if error is not None:
+        # keep the error's kind across the queue, so an unreachable BMC is a 502, not a 500
+        cls = error_class_for(str(result.get("reason", ""))) if result.get("error") else DriverError
+        if cls is NodeLocked or not issubclass(cls, DriverError):
+            cls = DriverError
+        raise cls(f"{name} failed: {error}")
+    return result
+
+
+def _queue_and_wait(
+    request: Request, ident: str, name: str, args: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], str | None]:
+    """Queue a management action, wait (bounded) for its end: ``(result, error text or None)``."""
     ctx = ctx_of(request)
     with ctx.db.write() as s:
         node = find_node(s, ident)
@@ -362,14 +421,9 @@ def run_sync(request: Request, ident: str, name: str, args: dict[str, Any] | Non
         with ctx.db.read() as s:
             row = s.execute(select(Action.status, Action.result, Action.error).where(Action.id == action_id)).first()
         if row is not None and row.status in (queue.DONE, queue.FAILED):
-            result = row.result or {}
-            if row.error or result.get("error"):
-                # keep the error's kind across the queue, so an unreachable BMC is a 502, not a 500
-                cls = error_class_for(str(result.get("reason", ""))) if result.get("error") else DriverError
-                if cls is NodeLocked or not issubclass(cls, DriverError):
-                    cls = DriverError
-                raise cls(f"{name} failed: {row.error or result['error']}")
-            return dict(result)
+            result = dict(row.result or {})
+            error = row.error or result.get("error")
+            return result, str(error) if error else None
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
     raise DatabaseUnavailable(

@@ -102,7 +102,18 @@ class FlowRunner(FlowEngine):
         return {"power_state": new}
 
     def management(self, task: TaskContext, name: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Boot device get/set, answered synchronously through the action's result."""
+        """Boot device get/set and the deploy pre-check, answered synchronously through the action's result."""
+        if name == "precheck_deploy":
+            try:
+                boot = task.driver["boot"]
+                if isinstance(boot, BootInterface):
+                    boot.precheck_deploy(task)
+            except Exception as exc:
+                reason = exc.reason if isinstance(exc, IronworksError) else "error"
+                return {"error": describe_error(exc), "reason": reason}
+            finally:
+                task.save()  # what it learnt (the BMC's virtual media devices) is kept either way
+            return {}
         mgmt = task.driver["management"]
         assert isinstance(mgmt, ManagementInterface)
         try:

@@ -188,6 +188,16 @@ class BootInterface(Interface):
     def clean_up_instance(self, task: Task) -> None:
         """Undo ``prepare_instance``; idempotent."""
 
+    def needs_precheck(self, task: Task) -> bool:
+        """Whether a deploy request waits for ``precheck_deploy`` first (no I/O; default: no)."""
+        return False
+
+    def precheck_deploy(self, task: Task) -> None:
+        """Run on a conductor while the API waits, before a deploy moves the node: checks that need the
+        BMC or an image server (which the API never talks to). Raise to refuse; change nothing
+        (default: nothing)."""
+        return None
+
 
 class DeployInterface(Interface):
     """Puts the workload on the machine. Its ``deploy`` is a deploy step."""

@@ -78,6 +78,17 @@ PROPERTIES: dict[str, str] = {
 }
 
 
+def _inspect_user_iso(master: Path, source: str) -> None:
+    """``inspect_iso`` of the cached copy of ``source``; an error names the user's ISO, not the cache's file."""
+    try:
+        isolib.inspect_iso(master)
+    except IronworksError as exc:
+        shown = f"instance_info/boot_iso {display(source)}"
+        exc.message = exc.message.replace(str(master), shown).replace(master.name, shown)
+        exc.args = (exc.message,)
+        raise
+
+
 def is_ramdisk_deploy(task: Task) -> bool:
     """Whether the node's deploy interface is ``ramdisk`` (the instance is an ISO or kernel + ramdisk)."""
     with contextlib.suppress(Exception):  # a task without a resolvable deploy interface is not a ramdisk deploy
@@ -172,6 +183,27 @@ class VirtualMediaBoot(RedfishBase, BootInterface):
         self._tear_down(task)
 
     # ---- the instance ----------------------------------------------------------------------
+    def needs_precheck(self, task: Task) -> bool:
+        """A ramdisk deploy of ``instance_info/boot_iso``: the API has the conductor check the ISO first."""
+        return is_ramdisk_deploy(task) and bool(task.node.instance_info.get("boot_iso"))
+
+    def precheck_deploy(self, task: Task) -> None:
+        """Before the node moves (the API waits for this): the BMC has a CD, and ``boot_iso`` downloads,
+        matches its checksum, is an ISO with a boot config and, remastered, fits the disk budget.
+
+        Nothing is published or reserved; the master stays in the cache, so the deploy that follows
+        does not download it again. The same checks run again when the deploy stages the ISO.
+        """
+        node = task.node
+        self._check_device(task)
+        cache = self._image_cache()
+        source, checksum = inputs.instance_source(task, cache)
+        tokens = inputs.instance_params(task)
+        master = cache.fetch(source, expected=checksum, owner=node.uuid)
+        _inspect_user_iso(master, source)
+        if tokens:
+            cache.check_fits(node.uuid, master.stat().st_size, what=f"the remastered boot ISO of node {node.uuid}")
+
     def stage_instance(self, task: Task) -> None:
         """Ramdisk deploy: fetch, check, reserve and publish ``instance_info/boot_iso``; nothing inserted yet.
 
@@ -187,13 +219,7 @@ class VirtualMediaBoot(RedfishBase, BootInterface):
         name = self._new_name(node.uuid)
         try:
             master = cache.fetch(source, expected=checksum, owner=node.uuid)
-            try:
-                isolib.inspect_iso(master)
-            except IronworksError as exc:  # name the user's ISO, not the cache's file
-                shown = f"instance_info/boot_iso {display(source)}"
-                exc.message = exc.message.replace(str(master), shown).replace(master.name, shown)
-                exc.args = (exc.message,)
-                raise
+            _inspect_user_iso(master, source)
             dest = self._publish_dir() / name
             if tokens:
                 cache.reserve(node.uuid, master.stat().st_size, what=f"the remastered boot ISO of node {node.uuid}")

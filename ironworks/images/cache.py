@@ -291,6 +291,13 @@ class ImageCache:
                 self._fit(others, nbytes, who=owner, what=what)
             entries[owner] = Reservation(nbytes, what, os.getpid())
 
+    def check_fits(self, owner: str, nbytes: int, *, what: str) -> None:
+        """Raise ``DiskBudgetExceeded`` as ``reserve`` would, without recording anything (a pre-check)."""
+        if self.budget_bytes <= 0:
+            return
+        with self.ledger.locked() as entries:
+            self._fit({k: r for k, r in entries.items() if k != owner}, nbytes, who=owner, what=what)
+
     def release(self, owner: str) -> None:
         """Drop ``owner``'s reservation (nothing happens when it has none)."""
         with self.ledger.locked() as entries:

@@ -213,10 +213,11 @@ def test_the_disk_budget_refuses_the_second_node_and_leaves_nothing_for_it(
     second = api.node(1, boot_iso=f"{url}/live.iso", kernel_append_params=PARAMS)
     api.provision(first, "active")
     assert api.wait(first, {"active", "deploy failed"})["provision_state"] == "active"
-    api.provision(second, "active")
-    node = api.wait(second, {"active", "deploy failed"})
-    assert node["provision_state"] == "deploy failed"
-    assert "disk_budget_bytes" in node["last_error"] and second in node["last_error"]
+    # the conductor checks the ISO against the budget while the request waits: 400, the node stays put
+    r = api.http.put(f"/v1/nodes/{second}/states/provision", json={"target": "active"})
+    assert r.status_code == 400, r.text
+    assert "refused before anything changed" in r.text and "disk_budget_bytes" in r.text and second in r.text
+    assert api.get(second)["provision_state"] == "available"
     assert [p.name.startswith(first) for p in api.published()] == [True]
     assert api.cd(1)["Inserted"] is False
     assert api.cd(0)["Inserted"] is True
@@ -227,6 +228,7 @@ def test_bad_isos_and_bad_parameters_are_refused(
 ) -> None:
     root, url = origin
     (root / "not-an.iso").write_bytes(b"\x00" * 70_000 + b"not an ISO")
+    make_iso(root / "live.iso")
     api = connect(ironworks_server(env=_env()))
 
     # caught by validate in the API: the node does not move
@@ -235,21 +237,26 @@ def test_bad_isos_and_bad_parameters_are_refused(
     assert r.status_code == 400 and "'{'" in r.text, r.text
     assert api.get(uuid)["provision_state"] == "available"
 
-    # found when the ISO is fetched and read (before the BMC is touched): deploy failed, nothing left
+    # found when a conductor fetches and reads the ISO while the request waits: 400, the node stays put
     r = api.http.patch(f"/v1/nodes/{uuid}", json=[{"op": "remove", "path": "/instance_info/kernel_append_params"}])
     assert r.status_code == 200, r.text
-    for source, message in ((f"{url}/not-an.iso", "ISO"), (f"{url}/missing.iso", "404")):
-        r = api.http.patch(
-            f"/v1/nodes/{uuid}", json=[{"op": "add", "path": "/instance_info/boot_iso", "value": source}]
-        )
+    bad_sum = "sha256:" + "0" * 64
+    for source, checksum, message in (
+        (f"{url}/not-an.iso", None, "no ISO 9660 volume descriptor"),
+        (f"{url}/missing.iso", None, "404"),
+        (f"{url}/live.iso", bad_sum, "checksum"),
+    ):
+        patch = [{"op": "add", "path": "/instance_info/boot_iso", "value": source}]
+        if checksum:
+            patch.append({"op": "add", "path": "/instance_info/boot_iso_checksum", "value": checksum})
+        r = api.http.patch(f"/v1/nodes/{uuid}", json=patch)
         assert r.status_code == 200, r.text
-        api.provision(uuid, "active")
-        node = api.wait(uuid, {"deploy failed", "active"})
-        assert node["provision_state"] == "deploy failed"
-        assert message in node["last_error"], node["last_error"]
+        r = api.http.put(f"/v1/nodes/{uuid}/states/provision", json={"target": "active"})
+        assert r.status_code == 400, r.text
+        assert "refused before anything changed" in r.text and message in r.text, r.text
+        node = api.get(uuid)
+        assert node["provision_state"] == "available" and node["target_provision_state"] is None
         assert api.published() == [] and api.cd(0)["Inserted"] is False
-        api.provision(uuid, "deleted")
-        api.wait(uuid, {"available"})
 
 
 # ---- the agent ramdisk over virtual media: cleaning, rescue, servicing ----------------------------

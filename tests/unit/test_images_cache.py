@@ -439,6 +439,17 @@ def test_reservations_fit_the_budget_or_are_refused_with_what_to_do(tmp_path: Pa
         cache.reserve("node-d", -1, what="nothing")
 
 
+def test_check_fits_refuses_like_reserve_but_records_nothing(tmp_path: Path, origin: Origin) -> None:
+    """The deploy pre-check asks the budget without holding it: nothing is reserved either way."""
+    cache = make_cache(tmp_path, origin, budget_bytes=10_000)
+    cache.reserve("node-a", 6000, what="a remastered ISO")
+    cache.check_fits("node-b", 4000, what="a remastered ISO")
+    with pytest.raises(DiskBudgetExceeded, match=r"node-b needs 4\.9 KiB"):
+        cache.check_fits("node-b", 5000, what="a remastered ISO")
+    cache.check_fits("node-a", 9000, what="a bigger ISO")  # its own reservation would be replaced
+    assert cache.usage()["reserved"] == {"node-a": 6000}
+
+
 def test_the_budget_evicts_unused_masters_before_refusing(tmp_path: Path, origin: Origin) -> None:
     cache = make_cache(tmp_path, origin, budget_bytes=2000)
     master = cache.fetch(URL)  # 1300 bytes, no node uses it

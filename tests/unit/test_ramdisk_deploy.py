@@ -224,6 +224,30 @@ def test_the_disk_budget_refuses_a_second_remastered_copy(tmp_path: Path) -> Non
     assert OTHER_UUID not in lab.cache().usage()["reserved"]
 
 
+def test_the_precheck_refuses_what_staging_would_and_leaves_nothing(tmp_path: Path) -> None:
+    """precheck_deploy (the API waits for it) checks the BMC, the ISO and the budget, and holds nothing."""
+    lab = make_lab(tmp_path)
+    iso = make_iso(lab.src / "live.iso")
+    (lab.src / "bad.iso").write_bytes(b"\0" * 40_000)
+    size = iso.stat().st_size
+    lab.config.images.disk_budget_bytes = size * 2 + size // 2  # the master + one node's copy
+    first, deploy = _node(lab, boot_iso=str(iso), kernel_append_params="ip=dhcp")
+    assert lab.boot.needs_precheck(first)
+    lab.boot.precheck_deploy(first)
+    assert lab.published() == [] and lab.cache().usage()["reserved"] == {}
+    assert isinstance(_deploy(first, deploy), Done)
+    second, _ = _node(lab, uuid=OTHER_UUID, boot_iso=str(iso), kernel_append_params="ip=dhcp")
+    with pytest.raises(IronworksError, match="disk_budget_bytes"):
+        lab.boot.precheck_deploy(second)
+    third, _ = _node(lab, uuid=OTHER_UUID, boot_iso=str(lab.src / "bad.iso"))
+    with pytest.raises(IronworksError, match=r"instance_info/boot_iso .*no ISO 9660 volume descriptor"):
+        lab.boot.precheck_deploy(third)
+    assert [p.name.startswith(first.node.uuid) for p in lab.published()] == [True]
+    assert OTHER_UUID not in lab.cache().usage()["reserved"]
+    agent_node = lab.task(rd.RamdiskDeploy(lab.config))  # no boot_iso: nothing to check before it moves
+    assert not lab.boot.needs_precheck(agent_node)
+
+
 @pytest.mark.parametrize(
     ("instance", "message"),
     [
