@@ -49,6 +49,12 @@ KERNEL_CMDLINE = "console=ttyS0,115200n8"
 MARKER_FILE = "ironworks-e2e-image"
 INSTANCE_MARKER = "IRONWORKS-E2E-INSTANCE"
 CONFIGDRIVE_MARKER = "IRONWORKS-E2E-CONFIGDRIVE"
+# the markers' lines on the serial console; a kernel message can land right after a marker on the same
+# line ("...kernel=6.1.0-57-amd64[    2.244629] tsc: ..."), so a field stops at "[" too
+INSTANCE_LINE = (
+    rf"{INSTANCE_MARKER} image=(?P<image>[^\s\[]+) firmware=(?P<firmware>[^\s\[]+) kernel=(?P<kernel>[^\s\[]+)"
+)
+CONFIGDRIVE_LINE = rf"{CONFIGDRIVE_MARKER} (?P<result>[^\r\n\[]*)"
 #: insmod order (no modprobe in the initramfs): dependencies first
 MODULES: tuple[str, ...] = (
     *("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk"),

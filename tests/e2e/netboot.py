@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.images import InstanceImage
+from tests.e2e.images import CONFIGDRIVE_LINE, INSTANCE_LINE, InstanceImage  # noqa: F401  (re-exported to the test modules)
 from tests.lab.lab import Lab
 from tests.lab.libvirt import Vm
 from tests.lab.service import IronworksInLab
@@ -44,8 +44,6 @@ SERVER_ENV = {
         if d
     ),
 }
-INSTANCE_LINE = r"IRONWORKS-E2E-INSTANCE image=(?P<image>\S+) firmware=(?P<firmware>\S+) kernel=(?P<kernel>\S+)"
-CONFIGDRIVE_LINE = r"IRONWORKS-E2E-CONFIGDRIVE (?P<result>[^\r\n]*)"
 
 
 class RamdiskUnavailable(RuntimeError):

@@ -28,8 +28,8 @@ import pytest
 
 from ironworks.agent import configdrive
 from tests.e2e.images import (
-    CONFIGDRIVE_MARKER,
-    INSTANCE_MARKER,
+    CONFIGDRIVE_LINE,
+    INSTANCE_LINE,
     MODULES,
     PART_SIZE,
     PART_START,
@@ -42,8 +42,6 @@ from tests.lab.libvirt import LibvirtError, Vm
 
 #: bounds, not expectations: the image reaches its marker ~15 s (BIOS) / ~20 s (UEFI) after power-on
 BOOT_BOUND_S = 300.0
-INSTANCE_LINE = rf"{INSTANCE_MARKER} image=(?P<image>\S+) firmware=(?P<firmware>\S+) kernel=(?P<kernel>\S+)"
-CONFIGDRIVE_LINE = rf"{CONFIGDRIVE_MARKER} (?P<result>[^\r\n]*)"
 
 
 def ipmitool(lab: Lab, vm: Vm, *args: str) -> str:
